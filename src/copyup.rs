@@ -1,0 +1,250 @@
+//! Copy-up: the only code that writes lower content into the upper layer.
+//!
+//! A copy-up builds the object in the work directory (content with holes preserved, then
+//! xattrs, owner, mode and times) and renames it into place, so the upper never holds a
+//! partial object. Parents are copied up first, and the upper parent's timestamps are
+//! restored afterwards, as kernel overlayfs does.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use crate::inode::Inode;
+use crate::sys::{self, SetTime, Stat};
+use crate::union::{LayerFs, errno};
+use crate::whiteout;
+
+/// Whether a copy-up carries the file's content (not needed before a truncate to zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyData {
+    Full,
+    MetadataOnly,
+}
+
+impl LayerFs {
+    /// Makes sure `node` (and its parents) exist in the upper layer.
+    pub(crate) fn copy_up(&self, node: &Arc<Inode>, data: CopyData) -> io::Result<()> {
+        let upper = self.layers.writable()?;
+        if node.in_upper() {
+            return Ok(());
+        }
+        let parent = self.node(node.place().parent)?;
+        self.copy_up(&parent, CopyData::Full)?;
+        let _guard = node.copy_lock.lock();
+        if node.in_upper() {
+            return Ok(());
+        }
+        let place = node.place();
+        let lower = *place.lowers.first().ok_or_else(|| errno(libc::ENOENT))?;
+        let parent_path = self.path_of(place.parent)?;
+        let src_dir = self.layers.get(lower).open_dir(&parent_path)?;
+        let st = sys::fstatat(src_dir.as_fd(), &place.name)?;
+        let dst_dir = upper.open_dir(&parent_path)?;
+        let parent_st = sys::fstat(dst_dir.as_fd())?;
+        let work = self.work()?;
+        let tmp = work.temp_name();
+        let built =
+            build_copy(src_dir.as_fd(), &place.name, &st, work.fd(), &tmp, data).and_then(|()| {
+                sys::renameat2(
+                    work.fd(),
+                    &tmp,
+                    dst_dir.as_fd(),
+                    &place.name,
+                    libc::RENAME_NOREPLACE,
+                )
+            });
+        if let Err(e) = built {
+            if let Err(c) = work.remove(&tmp) {
+                log::warn!("copy-up cleanup of {tmp:?} failed: {c}");
+            }
+            log::debug!("copy-up of {:?} failed: {e}", place.name);
+            return Err(e);
+        }
+        restore_times(dst_dir.as_fd(), OsStr::new(""), &parent_st)?;
+        // Keep the inode number the mount showed, unless the lower object is a hard link
+        // that stays visible under other names.
+        if node.is_dir() || st.st_nlink == 1 {
+            let new = sys::fstatat(dst_dir.as_fd(), &place.name)?;
+            self.aliases.insert(new.st_ino, node.ino);
+        }
+        node.set_upper();
+        Ok(())
+    }
+}
+
+fn restore_times(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> io::Result<()> {
+    sys::utimensat(
+        dir,
+        name,
+        SetTime::At(st.st_atime, st.st_atime_nsec),
+        SetTime::At(st.st_mtime, st.st_mtime_nsec),
+    )
+}
+
+/// Builds a copy of `src_dir/name` (stat `st`) at `work/tmp` with its metadata.
+fn build_copy(
+    src_dir: BorrowedFd<'_>,
+    name: &OsStr,
+    st: &Stat,
+    work: BorrowedFd<'_>,
+    tmp: &OsStr,
+    data: CopyData,
+) -> io::Result<()> {
+    let fmt = st.st_mode & libc::S_IFMT;
+    match fmt {
+        libc::S_IFREG => {
+            let src = File::from(sys::openat(
+                src_dir,
+                name,
+                libc::O_RDONLY | libc::O_NOFOLLOW,
+                0,
+            )?);
+            let dst = File::from(sys::openat(
+                work,
+                tmp,
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+                0o600,
+            )?);
+            if data == CopyData::Full {
+                copy_data(&src, &dst, st.st_size as u64)?;
+            }
+        }
+        libc::S_IFDIR => sys::mkdirat(work, tmp, 0o700)?,
+        libc::S_IFLNK => sys::symlinkat(&sys::readlinkat(src_dir, name)?, work, tmp)?,
+        _ => sys::mknodat(work, tmp, st.st_mode, st.st_rdev)?,
+    }
+    copy_xattrs(
+        &sys::XattrTarget::at(src_dir, name)?,
+        &sys::XattrTarget::at(work, tmp)?,
+    )?;
+    set_metadata(work, tmp, st)
+}
+
+/// Gives `dir/name` the owner, mode and times of `st` (owner first: chown clears setuid).
+pub(crate) fn set_metadata(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> io::Result<()> {
+    sys::fchownat(dir, name, st.st_uid, st.st_gid)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+        let fd = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        sys::fchmod(fd.as_fd(), st.st_mode & 0o7777)?;
+    }
+    restore_times(dir, name, st)
+}
+
+/// Copies every xattr but overlay's own; security xattrs the upper refuses are skipped.
+fn copy_xattrs(src: &sys::XattrTarget, dst: &sys::XattrTarget) -> io::Result<()> {
+    let names = match src.list() {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for n in names {
+        if whiteout::is_internal_xattr(&n) {
+            continue;
+        }
+        let value = match src.get(&n) {
+            Ok(v) => v,
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = dst.set(&n, &value, 0) {
+            let skippable = matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EPERM))
+                && n.as_encoded_bytes().starts_with(b"security.");
+            if !skippable {
+                return Err(e);
+            }
+            log::warn!("copy-up: skipping xattr {n:?}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Copies `size` bytes of `src` into `dst`, leaving holes where `src` has them.
+pub(crate) fn copy_data(src: &File, dst: &File, size: u64) -> io::Result<()> {
+    let mut off = 0;
+    while off < size {
+        let start = match sys::seek_data_or_hole(src.as_fd(), off, false) {
+            Ok(Some(s)) => s,
+            Ok(None) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => off,
+            Err(e) => return Err(e),
+        };
+        let end = match sys::seek_data_or_hole(src.as_fd(), start, true) {
+            Ok(Some(e)) => e.min(size),
+            Ok(None) => size,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => size,
+            Err(e) => return Err(e),
+        };
+        copy_range(src, dst, start, end - start)?;
+        off = end;
+    }
+    dst.set_len(size)
+}
+
+fn copy_range(src: &File, dst: &File, mut off: u64, mut len: u64) -> io::Result<()> {
+    while len > 0 {
+        let chunk = len.min(1 << 30) as usize;
+        match sys::copy_file_range(src.as_fd(), off, dst.as_fd(), off, chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                off += n as u64;
+                len -= n as u64;
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV)
+                        | Some(libc::EINVAL)
+                        | Some(libc::ENOSYS)
+                        | Some(libc::EOPNOTSUPP)
+                ) =>
+            {
+                return copy_range_rw(src, dst, off, len);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn copy_range_rw(src: &File, dst: &File, mut off: u64, mut len: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    while len > 0 {
+        let want = (len as usize).min(buf.len());
+        let n = src.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+        len -= n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+
+    #[test]
+    fn copy_keeps_holes_and_content() {
+        let t = tempfile::tempdir().unwrap();
+        let mut src = File::create(t.path().join("s")).unwrap();
+        src.write_all(b"head").unwrap();
+        src.seek(SeekFrom::Start(8 << 20)).unwrap();
+        src.write_all(b"tail").unwrap();
+        let size = (8 << 20) + 4;
+        let src = File::open(t.path().join("s")).unwrap();
+        let dst = File::create(t.path().join("d")).unwrap();
+        copy_data(&src, &dst, size).unwrap();
+        let got = std::fs::read(t.path().join("d")).unwrap();
+        assert_eq!(got.len() as u64, size);
+        assert_eq!(&got[..4], b"head");
+        assert_eq!(&got[got.len() - 4..], b"tail");
+        let st = sys::fstat(dst.as_fd()).unwrap();
+        assert!((st.st_blocks as u64) * 512 < 1 << 20, "hole was filled");
+    }
+}

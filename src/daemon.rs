@@ -1,0 +1,208 @@
+//! Mounting and serving: mount(2) of a `fuse.layerfs` filesystem on an fd of /dev/fuse,
+//! then (unless in the foreground) a detached daemon that serves it, while the command
+//! returns only once the filesystem answers requests, as a mount program must.
+//! SIGTERM/SIGINT/SIGHUP unmount and exit; an external umount ends the daemon with 0.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use fuser::{Config, Session, SessionACL};
+
+use crate::fuse::FuseFs;
+use crate::options::{MountSpec, UsageError};
+use crate::setup::{self, Prepared, plain};
+use crate::sys;
+use crate::union::LayerFs;
+
+fn fail<T>(msg: impl Into<String>) -> Result<T, UsageError> {
+    Err(UsageError(msg.into()))
+}
+
+/// Mounts `spec`; returns once the filesystem is served (by a detached daemon, or in the
+/// foreground until it is unmounted).
+pub fn mount(spec: &MountSpec) -> Result<(), UsageError> {
+    sys::raise_nofile_limit();
+    sys::set_umask(0);
+    let prepared = setup::prepare(spec)?;
+    let dev_fuse = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| UsageError(format!("cannot open /dev/fuse: {}", plain(&e))))?;
+    let dev_fuse = OwnedFd::from(dev_fuse);
+    kernel_mount(spec, &prepared.mountpoint, &dev_fuse)?;
+    if spec.foreground {
+        return serve(spec, prepared, dev_fuse, None);
+    }
+    let (ready_r, ready_w) = sys::pipe().map_err(|e| UsageError(plain(&e)))?;
+    match sys::fork().map_err(|e| UsageError(format!("fork: {}", plain(&e))))? {
+        sys::Forked::Child => {
+            drop(ready_r);
+            let _ = sys::setsid();
+            let code = match serve(spec, prepared, dev_fuse, Some(ready_w)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    log::error!("{e}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        sys::Forked::Parent(pid) => {
+            drop(ready_w);
+            drop(dev_fuse);
+            let mut msg = String::new();
+            let _ = File::from(ready_r).read_to_string(&mut msg);
+            if msg == "ok" {
+                return Ok(());
+            }
+            let _ = sys::umount(&prepared.mountpoint, true);
+            let _ = sys::try_wait(pid);
+            if msg.is_empty() {
+                msg = "the daemon exited before serving the mount".into();
+            }
+            fail(msg)
+        }
+    }
+}
+
+fn kernel_mount(spec: &MountSpec, mountpoint: &Path, dev_fuse: &OwnedFd) -> Result<(), UsageError> {
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={},group_id={},default_permissions",
+        dev_fuse.as_raw_fd(),
+        sys::getuid(),
+        sys::getgid()
+    );
+    if spec.allow_other || spec.allow_root {
+        data.push_str(",allow_other");
+    }
+    let mut flags = 0u64;
+    for (on, flag) in [
+        (!spec.dev, libc::MS_NODEV),
+        (!spec.suid, libc::MS_NOSUID),
+        (!spec.exec, libc::MS_NOEXEC),
+        (spec.noatime, libc::MS_NOATIME),
+        (spec.read_only, libc::MS_RDONLY),
+    ] {
+        if on {
+            flags |= flag;
+        }
+    }
+    let fstype = format!("fuse.{}", spec.subtype.as_deref().unwrap_or("layerfs"));
+    let source = spec.fsname.as_deref().unwrap_or("layerfs");
+    sys::mount(OsStr::new(source), mountpoint, &fstype, flags, &data).map_err(|e| {
+        UsageError(format!(
+            "cannot mount on {}: {}",
+            mountpoint.display(),
+            plain(&e)
+        ))
+    })
+}
+
+/// Serves the mounted filesystem until it is unmounted. `ready` is told "ok" (or the
+/// error) once the kernel handshake is done.
+fn serve(
+    spec: &MountSpec,
+    prepared: Prepared,
+    dev_fuse: OwnedFd,
+    ready: Option<OwnedFd>,
+) -> Result<(), UsageError> {
+    let mountpoint = prepared.mountpoint.clone();
+    let tell = |ready: Option<OwnedFd>, msg: &str| {
+        if let Some(fd) = ready {
+            let _ = File::from(fd).write_all(msg.as_bytes());
+        }
+    };
+    let fs = match LayerFs::new(prepared.layers, prepared.work, prepared.config) {
+        Ok(fs) => fs,
+        Err(e) => {
+            let msg = format!("cannot start: {}", plain(&e));
+            tell(ready, &msg);
+            let _ = sys::umount(&mountpoint, true);
+            return fail(msg);
+        }
+    };
+    let acl = if spec.allow_other {
+        SessionACL::All
+    } else if spec.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    let mut config = Config::default();
+    config.n_threads = Some(spec.threads);
+    config.clone_fd = true;
+    // Block the stop signals before any thread starts, so only the signal thread sees them.
+    if let Err(e) = sys::block_stop_signals() {
+        log::warn!("cannot block signals: {e}");
+    }
+    let session = match Session::from_fd(FuseFs(fs), dev_fuse, acl, config) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("FUSE handshake failed: {}", plain(&e));
+            tell(ready, &msg);
+            let _ = sys::umount(&mountpoint, true);
+            return fail(msg);
+        }
+    };
+    spawn_signal_thread(mountpoint.clone());
+    let detached = ready.is_some();
+    tell(ready, "ok");
+    if detached {
+        detach_stdio();
+    }
+    log::info!("serving {}", mountpoint.display());
+    match session.run() {
+        Ok(()) => Ok(()),
+        Err(e) => fail(format!("session ended: {}", plain(&e))),
+    }
+}
+
+fn spawn_signal_thread(mountpoint: PathBuf) {
+    let r = std::thread::Builder::new()
+        .name("layerfs-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = sys::wait_stop_signal() {
+                log::info!("signal {sig}: unmounting {}", mountpoint.display());
+                if let Err(e) = sys::umount(&mountpoint, true) {
+                    log::warn!("unmount of {} failed: {e}", mountpoint.display());
+                }
+                std::process::exit(0);
+            }
+        });
+    if let Err(e) = r {
+        log::warn!("cannot start the signal thread: {e}");
+    }
+}
+
+/// Points stdin/stdout/stderr at /dev/null so callers waiting on our output see EOF.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            let _ = sys::dup_onto(null.as_fd(), fd);
+        }
+    }
+}
+
+/// `layerfs umount MOUNTPOINT`: unmounts, lazily if the mount is dead.
+pub fn umount(mountpoint: &Path, lazy: bool) -> Result<(), UsageError> {
+    match sys::umount(mountpoint, lazy) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) && !lazy => fail(format!(
+            "{}: busy (files are open there); use --lazy to detach it now",
+            mountpoint.display()
+        )),
+        Err(e) => fail(format!(
+            "cannot unmount {}: {}",
+            mountpoint.display(),
+            plain(&e)
+        )),
+    }
+}

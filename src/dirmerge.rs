@@ -1,0 +1,207 @@
+//! Directory merging: the listing of a directory is the union of its layers' listings,
+//! deduplicated top-down, with whiteouts hiding names in the layers below them and
+//! whiteouts and layer metadata never shown.
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::AsFd;
+
+use std::path::Path;
+
+use crate::inode::{Ino, Inode, Place};
+use crate::layers::LayerId;
+use crate::sys;
+use crate::union::{LayerFs, is_enoent};
+use crate::whiteout::{self, EntryRole};
+
+/// One entry of a merged listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergedEntry {
+    pub name: OsString,
+    pub ino: Ino,
+    /// `S_IFMT` bits.
+    pub kind: u32,
+}
+
+/// One entry as read from one layer.
+#[derive(Clone, Debug)]
+pub struct LayerEntry {
+    pub name: OsString,
+    pub role: EntryRole,
+    pub kind: u32,
+    pub st_ino: u64,
+}
+
+/// Merges per-layer listings given top layer first: the first layer showing a name wins;
+/// a whiteout hides the name in the layers below its own.
+pub fn merge(layers: Vec<(LayerId, Vec<LayerEntry>)>) -> Vec<(LayerId, LayerEntry)> {
+    let mut taken: HashSet<OsString> = HashSet::new();
+    let mut out = Vec::new();
+    for (lid, entries) in layers {
+        let mut whiteouts = Vec::new();
+        for e in entries {
+            match e.role {
+                EntryRole::Meta => {}
+                EntryRole::Whiteout => whiteouts.push(e.name),
+                EntryRole::Visible => {
+                    if taken.insert(e.name.clone()) {
+                        out.push((lid, e));
+                    }
+                }
+            }
+        }
+        taken.extend(whiteouts);
+    }
+    out
+}
+
+fn dtype_to_kind(dtype: u8) -> Option<u32> {
+    Some(match dtype {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_REG => libc::S_IFREG,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        libc::DT_BLK => libc::S_IFBLK,
+        _ => return None,
+    })
+}
+
+impl LayerFs {
+    /// Reads the entries of the directory at `path` in every layer of `place`.
+    fn layer_listings(
+        &self,
+        path: &Path,
+        place: &Place,
+    ) -> io::Result<Vec<(LayerId, Vec<LayerEntry>)>> {
+        let mut all = Vec::new();
+        for lid in place.layers() {
+            let dir = match self
+                .layers
+                .get(lid)
+                .open(path, libc::O_RDONLY | libc::O_DIRECTORY)
+            {
+                Ok(d) => d,
+                Err(e) if is_enoent(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            let mut entries = Vec::new();
+            for raw in sys::read_dir(dir.as_fd())? {
+                // Only character devices (possible whiteouts) and unknown types need a stat.
+                let (kind, rdev_zero) = match dtype_to_kind(raw.dtype) {
+                    Some(k) => (k, false),
+                    None => match sys::fstatat(dir.as_fd(), &raw.name) {
+                        Ok(st) => (st.st_mode & libc::S_IFMT, whiteout::is_whiteout(&st)),
+                        Err(e) if is_enoent(&e) => continue,
+                        Err(e) => return Err(e),
+                    },
+                };
+                let (role, target) = whiteout::classify(&raw.name, rdev_zero);
+                entries.push(LayerEntry {
+                    name: target.to_os_string(),
+                    role,
+                    kind,
+                    st_ino: raw.ino,
+                });
+            }
+            all.push((lid, entries));
+        }
+        Ok(all)
+    }
+
+    /// The merged listing of directory `node` (without `.` and `..`).
+    pub(crate) fn list_dir(&self, node: &Inode) -> io::Result<Vec<MergedEntry>> {
+        let merged = merge(self.layer_listings(&self.path_of(node.ino)?, &node.place())?);
+        Ok(merged
+            .into_iter()
+            .map(|(lid, e)| MergedEntry {
+                ino: self.ino_for(lid, e.st_ino),
+                name: e.name,
+                kind: e.kind,
+            })
+            .collect())
+    }
+
+    /// Whether the directory at `path`, held by the layers of `place`, shows no entries.
+    pub(crate) fn is_empty_dir(&self, path: &Path, place: &Place) -> io::Result<bool> {
+        Ok(merge(self.layer_listings(path, place)?).is_empty())
+    }
+}
+
+/// Whether `name` is one of the entries `.` and `..`.
+pub fn is_dot(name: &OsStr) -> bool {
+    name == "." || name == ".."
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(name: &str, role: EntryRole) -> LayerEntry {
+        LayerEntry {
+            name: name.into(),
+            role,
+            kind: libc::S_IFREG,
+            st_ino: 7,
+        }
+    }
+
+    fn names(v: &[(LayerId, LayerEntry)]) -> Vec<(LayerId, String)> {
+        v.iter()
+            .map(|(l, e)| (*l, e.name.to_string_lossy().into_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn top_layer_wins_and_dedups() {
+        let m = merge(vec![
+            (
+                0,
+                vec![e("a", EntryRole::Visible), e("b", EntryRole::Visible)],
+            ),
+            (
+                1,
+                vec![e("b", EntryRole::Visible), e("c", EntryRole::Visible)],
+            ),
+        ]);
+        assert_eq!(
+            names(&m),
+            vec![(0, "a".into()), (0, "b".into()), (1, "c".into())]
+        );
+    }
+
+    #[test]
+    fn whiteouts_hide_only_below() {
+        let m = merge(vec![
+            (
+                0,
+                vec![e("x", EntryRole::Whiteout), e("y", EntryRole::Visible)],
+            ),
+            (
+                1,
+                vec![e("x", EntryRole::Visible), e("z", EntryRole::Whiteout)],
+            ),
+            (
+                2,
+                vec![e("z", EntryRole::Visible), e("w", EntryRole::Visible)],
+            ),
+        ]);
+        assert_eq!(names(&m), vec![(0, "y".into()), (2, "w".into())]);
+    }
+
+    #[test]
+    fn whiteout_in_same_layer_does_not_hide_own_entry() {
+        let m = merge(vec![(
+            1,
+            vec![e("q", EntryRole::Whiteout), e("q", EntryRole::Visible)],
+        )]);
+        assert_eq!(names(&m), vec![(1, "q".into())]);
+    }
+
+    #[test]
+    fn metadata_never_shows() {
+        let m = merge(vec![(0, vec![e(".wh..wh..opq", EntryRole::Meta)])]);
+        assert!(m.is_empty());
+    }
+}

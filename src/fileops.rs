@@ -1,0 +1,289 @@
+//! Operations on existing objects: open/read/write, attributes, links, statfs and
+//! directory listing. Anything that changes a lower object copies it up first.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use crate::copyup::CopyData;
+use crate::dirmerge::MergedEntry;
+use crate::handles::{OpenDir, OpenFile};
+use crate::inode::{Ino, Inode};
+use crate::sys::{self, SetTime};
+use crate::union::{Attr, LayerFs, errno};
+
+/// The attribute changes of one setattr request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    pub fh: Option<u64>,
+}
+
+impl SetAttr {
+    fn changes_anything(&self) -> bool {
+        self.mode.is_some()
+            || self.uid.is_some()
+            || self.gid.is_some()
+            || self.size.is_some()
+            || self.atime.is_some()
+            || self.mtime.is_some()
+    }
+}
+
+/// Flags the backing fd must not be opened with (handled by the kernel or by copy-up).
+const STRIP_FLAGS: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT;
+
+fn wants_write(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+impl LayerFs {
+    /// Opens the real object of `node` with `flags` (never following a symlink).
+    fn open_real(&self, node: &Inode, flags: i32) -> io::Result<(File, bool)> {
+        let place = node.place();
+        let top = place.top().ok_or_else(|| errno(libc::ENOENT))?;
+        let (dir, name) = self.parent_fd(top, node)?;
+        let name = if name.is_empty() {
+            OsString::from(".")
+        } else {
+            name
+        };
+        let fd = sys::openat(
+            dir.as_fd(),
+            &name,
+            (flags & !STRIP_FLAGS) | libc::O_NOFOLLOW,
+            0,
+        )?;
+        Ok((File::from(fd), place.upper))
+    }
+
+    /// open(2): copies up first when the file is opened for writing or truncation.
+    pub fn open(&self, ino: Ino, flags: i32) -> io::Result<u64> {
+        let node = self.node(ino)?;
+        if node.is_dir() {
+            return Err(errno(libc::EISDIR));
+        }
+        if wants_write(flags) {
+            self.layers.writable()?;
+            let data = if flags & libc::O_TRUNC != 0 {
+                CopyData::MetadataOnly
+            } else {
+                CopyData::Full
+            };
+            self.copy_up(&node, data)?;
+        }
+        let (file, on_upper) = self.open_real(&node, flags)?;
+        Ok(self
+            .files
+            .insert(OpenFile::new(node, file, on_upper, flags)))
+    }
+
+    /// The handle `fh`, its fd switched to the upper object if a copy-up happened since.
+    fn open_file(&self, fh: u64) -> io::Result<Arc<OpenFile>> {
+        let h = self.files.get(fh)?;
+        if h.is_stale() {
+            let (file, _) = self.open_real(&h.node, h.flags & !libc::O_TRUNC)?;
+            h.replace(file);
+        }
+        Ok(h)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        let h = self.open_file(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let f = h.file();
+        let mut done = 0;
+        while done < buf.len() {
+            let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<u32> {
+        let h = self.open_file(fh)?;
+        h.file().write_all_at(data, offset)?;
+        Ok(data.len() as u32)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.remove(fh);
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
+        let h = self.open_file(fh)?;
+        if !self.cfg.fsync {
+            return Ok(());
+        }
+        let f = h.file();
+        if datasync {
+            f.sync_data()
+        } else {
+            f.sync_all()
+        }
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+        let h = self.open_file(fh)?;
+        let f = h.file();
+        sys::fallocate(f.as_fd(), mode, offset, len)
+    }
+
+    /// chmod/chown/truncate/utimes: copies up first, then changes the upper object.
+    pub fn setattr(&self, ino: Ino, change: SetAttr) -> io::Result<Attr> {
+        let node = self.node(ino)?;
+        if !change.changes_anything() {
+            return self.attr_of(&node);
+        }
+        let data = if change.size == Some(0) {
+            CopyData::MetadataOnly
+        } else {
+            CopyData::Full
+        };
+        self.copy_up(&node, data)?;
+        let (dir, name) = self.parent_fd(0, &node)?;
+        let dir = dir.as_fd();
+        if change.uid.is_some() || change.gid.is_some() {
+            let uid = change.uid.unwrap_or(u32::MAX);
+            let gid = change.gid.unwrap_or(u32::MAX);
+            sys::fchownat(dir, &name, uid, gid)?;
+        }
+        if let Some(mode) = change.mode {
+            if node.kind == libc::S_IFLNK {
+                return Err(errno(libc::EOPNOTSUPP));
+            }
+            let fd = self.upper_object(dir, &name, libc::O_PATH)?;
+            sys::fchmod(fd.as_fd(), mode & 0o7777)?;
+        }
+        if let Some(size) = change.size {
+            match change.fh.map(|fh| self.open_file(fh)) {
+                Some(Ok(h)) if h.flags & libc::O_ACCMODE != libc::O_RDONLY => {
+                    h.file().set_len(size)?
+                }
+                _ => {
+                    if node.kind != libc::S_IFREG {
+                        return Err(errno(if node.is_dir() {
+                            libc::EISDIR
+                        } else {
+                            libc::EINVAL
+                        }));
+                    }
+                    File::from(self.upper_object(dir, &name, libc::O_WRONLY)?).set_len(size)?
+                }
+            }
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            sys::utimensat(
+                dir,
+                &name,
+                change.atime.unwrap_or(SetTime::Omit),
+                change.mtime.unwrap_or(SetTime::Omit),
+            )?;
+        }
+        self.attr_of(&node)
+    }
+
+    /// Opens `dir/name` (or `dir` itself for "") without following symlinks.
+    fn upper_object(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        flags: i32,
+    ) -> io::Result<std::os::fd::OwnedFd> {
+        let name = if name.is_empty() {
+            OsStr::new(".")
+        } else {
+            name
+        };
+        sys::openat(dir, name, flags | libc::O_NOFOLLOW, 0)
+    }
+
+    pub fn readlink(&self, ino: Ino) -> io::Result<OsString> {
+        let node = self.node(ino)?;
+        if node.kind != libc::S_IFLNK {
+            return Err(errno(libc::EINVAL));
+        }
+        let top = node.place().top().ok_or_else(|| errno(libc::ENOENT))?;
+        let (dir, name) = self.parent_fd(top, &node)?;
+        sys::readlinkat(dir.as_fd(), &name)
+    }
+
+    /// statfs of the upper layer (the top lower for a read-only union).
+    pub fn statfs(&self) -> io::Result<libc::statfs> {
+        sys::fstatfs(self.layers.top().root())
+    }
+
+    pub fn opendir(&self, ino: Ino) -> io::Result<u64> {
+        let node = self.node(ino)?;
+        if !node.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        Ok(self.dirs.insert(OpenDir {
+            node,
+            entries: parking_lot::Mutex::new(None),
+        }))
+    }
+
+    /// The listing of directory handle `fh` as (offset of the next entry, entry), from
+    /// `offset` on; `.` and `..` come first. The listing is read at offset 0 and kept, so
+    /// later offsets stay valid while the directory changes.
+    pub fn readdir(&self, fh: u64, offset: u64) -> io::Result<Vec<(u64, MergedEntry)>> {
+        let h = self.dirs.get(fh)?;
+        let entries = {
+            let mut cached = h.entries.lock();
+            match (&*cached, offset) {
+                (Some(e), o) if o != 0 => Arc::clone(e),
+                _ => {
+                    let fresh = Arc::new(self.list_dir(&h.node)?);
+                    *cached = Some(Arc::clone(&fresh));
+                    fresh
+                }
+            }
+        };
+        let parent = h.node.place().parent;
+        let dots = [
+            MergedEntry {
+                name: ".".into(),
+                ino: h.node.ino,
+                kind: libc::S_IFDIR,
+            },
+            MergedEntry {
+                name: "..".into(),
+                ino: parent,
+                kind: libc::S_IFDIR,
+            },
+        ];
+        Ok(dots
+            .into_iter()
+            .chain(entries.iter().cloned())
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, e)| (i as u64 + 1, e))
+            .collect())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.remove(fh);
+    }
+
+    pub fn fsyncdir(&self, ino: Ino) -> io::Result<()> {
+        let node = self.node(ino)?;
+        if !self.cfg.fsync || !node.in_upper() {
+            return Ok(());
+        }
+        let (dir, name) = self.parent_fd(0, &node)?;
+        File::from(self.upper_object(dir.as_fd(), &name, libc::O_RDONLY)?).sync_all()
+    }
+}

@@ -1,0 +1,101 @@
+//! Open file and directory handles: the fd a file handle reads and writes through, and the
+//! listing snapshot a directory handle pages through.
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+
+use crate::dirmerge::MergedEntry;
+use crate::inode::Inode;
+
+/// An open regular file.
+#[derive(Debug)]
+pub struct OpenFile {
+    pub node: Arc<Inode>,
+    file: RwLock<File>,
+    /// Whether `file` is the upper layer's object; a lower fd is swapped for the upper one
+    /// after a copy-up, so every reader sees the copied-up data as on kernel overlayfs.
+    on_upper: AtomicBool,
+    /// The open flags the backing fd was opened with.
+    pub flags: i32,
+}
+
+impl OpenFile {
+    pub fn new(node: Arc<Inode>, file: File, on_upper: bool, flags: i32) -> Self {
+        OpenFile {
+            node,
+            file: RwLock::new(file),
+            on_upper: AtomicBool::new(on_upper),
+            flags,
+        }
+    }
+
+    pub fn is_stale(&self) -> bool {
+        !self.on_upper.load(Ordering::Acquire) && self.node.in_upper()
+    }
+
+    pub fn replace(&self, file: File) {
+        *self.file.write() = file;
+        self.on_upper.store(true, Ordering::Release);
+    }
+
+    pub fn file(&self) -> RwLockReadGuard<'_, File> {
+        self.file.read()
+    }
+}
+
+/// An open directory: the merged listing taken at the first read (and again on rewind), so
+/// offsets stay stable while the directory changes.
+#[derive(Debug)]
+pub struct OpenDir {
+    pub node: Arc<Inode>,
+    pub entries: Mutex<Option<Arc<Vec<MergedEntry>>>>,
+}
+
+/// Open handles of one kind, by the number handed to the kernel.
+#[derive(Debug)]
+pub struct HandleTable<T> {
+    map: DashMap<u64, Arc<T>>,
+    next: AtomicU64,
+}
+
+impl<T> Default for HandleTable<T> {
+    fn default() -> Self {
+        HandleTable {
+            map: DashMap::new(),
+            next: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<T> HandleTable<T> {
+    pub fn insert(&self, h: T) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.map.insert(fh, Arc::new(h));
+        fh
+    }
+
+    /// The handle `fh`, or EBADF.
+    pub fn get(&self, fh: u64) -> io::Result<Arc<T>> {
+        self.map
+            .get(&fh)
+            .map(|h| Arc::clone(&h))
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    pub fn remove(&self, fh: u64) {
+        self.map.remove(&fh);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}

@@ -1,0 +1,263 @@
+//! The inode table: every inode the kernel knows, its place in the union and its lookup
+//! count. This module alone creates, counts and drops inodes.
+//!
+//! Lock order: a table shard guard is never held across a syscall or another table call
+//! (the `Arc<Inode>` is cloned out). `Inode::place` is a short `RwLock` held only to copy
+//! or update the place. `Inode::copy_lock` is held across a copy-up; a parent's copy-up
+//! always completes before a child's lock is taken, so no thread holds two.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+
+use crate::layers::LayerId;
+
+/// An inode number as the kernel sees it (also the FUSE node id).
+pub type Ino = u64;
+
+/// The FUSE root node id.
+pub const ROOT: Ino = 1;
+
+/// Where an inode lives: its name in its parent, and which layers hold it.
+#[derive(Clone, Debug)]
+pub struct Place {
+    pub parent: Ino,
+    pub name: OsString,
+    /// Whether the upper layer holds the object.
+    pub upper: bool,
+    /// The lower layers holding it, topmost first: for a directory every lower that merges
+    /// into it (down to the first opaque one); for anything else at most one, and none once
+    /// it is copied up.
+    pub lowers: Vec<LayerId>,
+}
+
+impl Place {
+    /// The layer whose object the mount shows.
+    pub fn top(&self) -> Option<LayerId> {
+        if self.upper {
+            Some(0)
+        } else {
+            self.lowers.first().copied()
+        }
+    }
+
+    /// Every layer holding the object, top first.
+    pub fn layers(&self) -> impl Iterator<Item = LayerId> + '_ {
+        self.upper
+            .then_some(0)
+            .into_iter()
+            .chain(self.lowers.iter().copied())
+    }
+}
+
+/// One inode known to the kernel.
+#[derive(Debug)]
+pub struct Inode {
+    pub ino: Ino,
+    /// `S_IFMT` bits of the object.
+    pub kind: u32,
+    lookups: AtomicU64,
+    place: RwLock<Place>,
+    /// Set once the object is in the upper layer (readers switch their fds over).
+    copied_up: AtomicBool,
+    /// Serialises copy-ups of this inode.
+    pub copy_lock: Mutex<()>,
+}
+
+impl Inode {
+    pub fn place(&self) -> Place {
+        self.place.read().clone()
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+
+    pub fn in_upper(&self) -> bool {
+        self.copied_up.load(Ordering::Acquire)
+    }
+
+    /// Records that the object now lives in the upper layer.
+    pub fn set_upper(&self) {
+        let mut p = self.place.write();
+        p.upper = true;
+        if !self.is_dir() {
+            p.lowers.clear();
+        }
+        self.copied_up.store(true, Ordering::Release);
+    }
+
+    /// Moves the inode to a new name (rename).
+    pub fn set_name(&self, parent: Ino, name: &OsStr) {
+        let mut p = self.place.write();
+        p.parent = parent;
+        p.name = name.to_os_string();
+    }
+
+    fn refresh(&self, place: Place) {
+        let upper = place.upper;
+        *self.place.write() = place;
+        if upper {
+            self.copied_up.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// All inodes the kernel holds a reference to.
+#[derive(Debug)]
+pub struct InodeTable {
+    map: DashMap<Ino, Arc<Inode>>,
+}
+
+fn enoent() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOENT)
+}
+
+impl InodeTable {
+    /// A table holding only the root.
+    pub fn new(root: Place) -> Self {
+        let map = DashMap::new();
+        let upper = root.upper;
+        map.insert(
+            ROOT,
+            Arc::new(Inode {
+                ino: ROOT,
+                kind: libc::S_IFDIR,
+                lookups: AtomicU64::new(1),
+                place: RwLock::new(root),
+                copied_up: AtomicBool::new(upper),
+                copy_lock: Mutex::new(()),
+            }),
+        );
+        InodeTable { map }
+    }
+
+    pub fn get(&self, ino: Ino) -> io::Result<Arc<Inode>> {
+        self.map
+            .get(&ino)
+            .map(|e| Arc::clone(&e))
+            .ok_or_else(enoent)
+    }
+
+    /// Records one more kernel reference to `ino` found at `place`, creating the inode or
+    /// refreshing where it lives.
+    pub fn remember(&self, ino: Ino, kind: u32, place: Place) -> Arc<Inode> {
+        let entry = self.map.entry(ino).or_insert_with(|| {
+            Arc::new(Inode {
+                ino,
+                kind,
+                lookups: AtomicU64::new(0),
+                place: RwLock::new(place.clone()),
+                copied_up: AtomicBool::new(place.upper),
+                copy_lock: Mutex::new(()),
+            })
+        });
+        let inode = Arc::clone(&entry);
+        inode.lookups.fetch_add(1, Ordering::AcqRel);
+        drop(entry);
+        inode.refresh(place);
+        inode
+    }
+
+    /// The inode `ino` if the kernel knows it, else an untracked one for `place` (used when
+    /// an operation names an object the kernel has not looked up).
+    pub fn existing_or_transient(&self, ino: Ino, kind: u32, place: Place) -> Arc<Inode> {
+        if let Ok(i) = self.get(ino) {
+            return i;
+        }
+        let upper = place.upper;
+        Arc::new(Inode {
+            ino,
+            kind,
+            lookups: AtomicU64::new(0),
+            place: RwLock::new(place),
+            copied_up: AtomicBool::new(upper),
+            copy_lock: Mutex::new(()),
+        })
+    }
+
+    /// Drops `n` kernel references; the inode leaves the table at zero (the root never does).
+    pub fn forget(&self, ino: Ino, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        self.map.remove_if(&ino, |_, inode| {
+            let prev = inode
+                .lookups
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                    Some(c.saturating_sub(n))
+                })
+                .unwrap_or(0);
+            prev <= n
+        });
+    }
+
+    /// The path of `ino` relative to every layer root ("" for the root).
+    pub fn path(&self, ino: Ino) -> io::Result<PathBuf> {
+        let mut names = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT {
+            let p = self.get(cur)?.place();
+            names.push(p.name);
+            cur = p.parent;
+            if names.len() > 4096 {
+                return Err(io::Error::from_raw_os_error(libc::ELOOP));
+            }
+        }
+        Ok(names.iter().rev().collect())
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place(parent: Ino, name: &str) -> Place {
+        Place {
+            parent,
+            name: name.into(),
+            upper: false,
+            lowers: vec![1],
+        }
+    }
+
+    #[test]
+    fn lookup_counts_and_forget() {
+        let t = InodeTable::new(place(ROOT, ""));
+        t.remember(10, libc::S_IFDIR, place(ROOT, "a"));
+        t.remember(11, libc::S_IFREG, place(10, "b"));
+        t.remember(11, libc::S_IFREG, place(10, "b"));
+        assert_eq!(t.path(11).unwrap(), PathBuf::from("a/b"));
+        t.forget(11, 1);
+        assert!(t.get(11).is_ok());
+        t.forget(11, 1);
+        assert!(t.get(11).is_err());
+        t.forget(ROOT, 5);
+        assert!(t.get(ROOT).is_ok());
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn copy_up_marks_upper() {
+        let t = InodeTable::new(place(ROOT, ""));
+        let i = t.remember(12, libc::S_IFREG, place(ROOT, "f"));
+        assert!(!i.in_upper());
+        i.set_upper();
+        assert!(i.in_upper());
+        assert_eq!(i.place().top(), Some(0));
+        assert!(i.place().lowers.is_empty());
+    }
+}

@@ -1,0 +1,141 @@
+//! The layer stack: one optional writable upper and the read-only lowers, each held by an
+//! `O_PATH` fd of its root. Every access to a layer goes through [`Layer::open`], which is
+//! confined beneath that root and never follows a symlink.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+use crate::sys;
+
+/// The position of a layer in the stack: 0 is the upper when there is one, then the lowers
+/// from the topmost down.
+pub type LayerId = u16;
+
+/// The kernel overlayfs limit on the number of lower layers.
+pub const MAX_LOWERS: usize = 500;
+
+const CONFINED: u64 = sys::RESOLVE_BENEATH | sys::RESOLVE_NO_SYMLINKS | sys::RESOLVE_NO_MAGICLINKS;
+
+/// One directory of the stack.
+#[derive(Debug)]
+pub struct Layer {
+    pub id: LayerId,
+    pub path: PathBuf,
+    root: OwnedFd,
+    pub dev: u64,
+    /// Index of this layer's filesystem among the distinct ones (the high bits of inode numbers).
+    fs_index: u64,
+}
+
+impl Layer {
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// Opens `rel` (relative to the layer root, "" for the root) confined beneath the root:
+    /// no symlink is followed, not even as the last component.
+    pub fn open(&self, rel: &Path, flags: i32) -> io::Result<OwnedFd> {
+        sys::openat2(self.root(), rel, flags | libc::O_NOFOLLOW, 0, CONFINED)
+    }
+
+    /// An `O_PATH` fd of the directory `rel` in this layer.
+    pub fn open_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
+        self.open(rel, libc::O_PATH | libc::O_DIRECTORY)
+    }
+}
+
+/// All layers, plus the mapping from (layer, inode) to the inode numbers the mount shows.
+#[derive(Debug)]
+pub struct Layers {
+    layers: Vec<Layer>,
+    has_upper: bool,
+    /// Inode numbers that do not fit the packed form, allocated on first sight.
+    overflow: DashMap<(u64, u64), u64>,
+    next_overflow: AtomicU64,
+}
+
+const INO_BITS: u32 = 48;
+
+impl Layers {
+    /// Opens every layer root. `upper` is `None` for a read-only union.
+    pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> io::Result<Self> {
+        let mut layers = Vec::new();
+        let mut devs: HashMap<u64, u64> = HashMap::new();
+        let all = upper.into_iter().chain(lowers.iter().map(PathBuf::as_path));
+        for (i, path) in all.enumerate() {
+            let root = sys::openat2(
+                std::fs::File::open("/")?.as_fd(),
+                path,
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+                0,
+            )?;
+            let st = sys::fstat(root.as_fd())?;
+            let next = devs.len() as u64;
+            let fs_index = *devs.entry(st.st_dev).or_insert(next);
+            layers.push(Layer {
+                id: i as LayerId,
+                path: path.to_path_buf(),
+                root,
+                dev: st.st_dev,
+                fs_index,
+            });
+        }
+        Ok(Layers {
+            layers,
+            has_upper: upper.is_some(),
+            overflow: DashMap::new(),
+            next_overflow: AtomicU64::new(0xffff << INO_BITS),
+        })
+    }
+
+    pub fn upper(&self) -> Option<&Layer> {
+        if self.has_upper {
+            self.layers.first()
+        } else {
+            None
+        }
+    }
+
+    /// The upper layer, or EROFS for a read-only union.
+    pub fn writable(&self) -> io::Result<&Layer> {
+        self.upper()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EROFS))
+    }
+
+    pub fn is_upper(&self, id: LayerId) -> bool {
+        self.has_upper && id == 0
+    }
+
+    pub fn lowers(&self) -> &[Layer] {
+        &self.layers[usize::from(self.has_upper)..]
+    }
+
+    pub fn get(&self, id: LayerId) -> &Layer {
+        &self.layers[usize::from(id)]
+    }
+
+    /// The topmost layer: the upper, or the first lower of a read-only union.
+    pub fn top(&self) -> &Layer {
+        &self.layers[0]
+    }
+
+    /// The inode number the mount shows for inode `st_ino` of layer `id`: the layer's
+    /// filesystem index in the high 16 bits, the real number in the low 48, so numbers are
+    /// unique across layers, stable for the mount's life, and shared by hard links.
+    pub fn ino(&self, id: LayerId, st_ino: u64) -> u64 {
+        let fs = self.get(id).fs_index;
+        if st_ino < (1 << INO_BITS) && fs < 0xfffe {
+            return ((fs + 1) << INO_BITS) | st_ino;
+        }
+        *self
+            .overflow
+            .entry((fs, st_ino))
+            .or_insert_with(|| self.next_overflow.fetch_add(1, Ordering::Relaxed))
+    }
+}

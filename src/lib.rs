@@ -1,0 +1,25 @@
+//! layerfs: a copy-on-write union filesystem served over FUSE, with the semantics and the
+//! on-disk upper format of Linux kernel overlayfs.
+//!
+//! The core ([`union::LayerFs`] and the modules it is split into) answers every operation
+//! with `io::Result`; [`fuse`] adapts it to fuser; [`daemon`] mounts and serves it.
+
+pub mod copyup;
+pub mod daemon;
+pub mod dirmerge;
+pub mod fileops;
+pub mod fuse;
+pub mod handles;
+pub mod inode;
+pub mod layers;
+pub mod namespace;
+pub mod options;
+pub mod setup;
+pub mod sys;
+pub mod union;
+pub mod whiteout;
+pub mod workdir;
+pub mod xattrs;
+
+pub use options::{MountSpec, UsageError};
+pub use union::{Caller, FsConfig, LayerFs};

@@ -1,0 +1,435 @@
+//! Namespace operations: creating, linking, removing and renaming names.
+//!
+//! New objects are built in the work directory, given their owner and mode there, and
+//! renamed into the upper layer in one step (exchanging with a whiteout they replace).
+//! Removing something a lower layer still shows leaves a whiteout.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::copyup::CopyData;
+use crate::inode::{Ino, Inode, Place};
+use crate::sys::{self, Stat};
+use crate::union::{Attr, Caller, LayerFs, Resolved, check_new_name, errno, is_dir};
+use crate::whiteout::{self, WhiteoutFormat};
+
+/// Where a new name goes: the upper parent directory, and what the name hides now.
+struct Slot {
+    dir: OwnedFd,
+    name: OsString,
+    /// The whiteout at the name in the upper layer, to be replaced.
+    over: Option<WhiteoutFormat>,
+    /// Whether a whiteout hid the name, so a new directory there must be opaque.
+    opaque: bool,
+}
+
+/// What to build in a slot.
+pub enum NewObject<'a> {
+    File { mode: u32 },
+    Dir { mode: u32 },
+    Node { mode: u32, rdev: u64 },
+    Symlink { target: &'a OsStr },
+}
+
+/// The owner and mode a new object gets: the caller's uid; the parent's gid and (for
+/// directories) its setgid bit when the parent is setgid, as the kernel does.
+struct Ownership {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
+fn ownership(parent: &Stat, caller: Caller, mode: u32, dir: bool) -> Ownership {
+    let mut mode = mode & 0o7777;
+    if parent.st_mode & libc::S_ISGID == 0 {
+        return Ownership {
+            uid: caller.uid,
+            gid: caller.gid,
+            mode,
+        };
+    }
+    if dir {
+        mode |= libc::S_ISGID;
+    } else if caller.uid != 0 && caller.gid != parent.st_gid {
+        mode &= !libc::S_ISGID;
+    }
+    Ownership {
+        uid: caller.uid,
+        gid: parent.st_gid,
+        mode,
+    }
+}
+
+impl LayerFs {
+    /// Prepares `name` in `parent` for a new object: it must not exist; the parent is
+    /// copied up.
+    fn slot(&self, parent: &Arc<Inode>, name: &OsStr) -> io::Result<Slot> {
+        check_new_name(name)?;
+        let upper = self.layers.writable()?;
+        let (over, opaque) = match self.resolve(parent, name)? {
+            Resolved::Found { .. } => return Err(errno(libc::EEXIST)),
+            Resolved::Missing {
+                upper_whiteout,
+                whiteout_seen,
+            } => (upper_whiteout, whiteout_seen),
+        };
+        self.copy_up(parent, CopyData::Full)?;
+        let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
+        Ok(Slot {
+            dir,
+            name: name.to_os_string(),
+            over,
+            opaque,
+        })
+    }
+
+    /// Builds an object with `build` in the work directory and renames it into `slot`.
+    fn install(
+        &self,
+        slot: &Slot,
+        build: impl FnOnce(BorrowedFd<'_>, &OsStr) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let work = self.work()?;
+        let tmp = work.temp_name();
+        let placed = build(work.fd(), &tmp).and_then(|()| match slot.over {
+            Some(WhiteoutFormat::Overlay) => sys::renameat2(
+                work.fd(),
+                &tmp,
+                slot.dir.as_fd(),
+                &slot.name,
+                libc::RENAME_EXCHANGE,
+            ),
+            _ => sys::renameat2(
+                work.fd(),
+                &tmp,
+                slot.dir.as_fd(),
+                &slot.name,
+                libc::RENAME_NOREPLACE,
+            ),
+        });
+        // After an exchange `tmp` holds the old whiteout; otherwise it holds nothing
+        // (success) or the half-built object (failure).
+        if let Err(e) = work.remove(&tmp) {
+            log::warn!("work cleanup of {tmp:?} failed: {e}");
+        }
+        placed?;
+        if slot.over == Some(WhiteoutFormat::Aufs) {
+            sys::unlinkat(slot.dir.as_fd(), &whiteout::aufs_name(&slot.name), false)?;
+        }
+        Ok(())
+    }
+
+    /// Creates a new object `name` in `parent` owned by `caller`; counts one lookup.
+    pub fn create_object(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        object: NewObject<'_>,
+        caller: Caller,
+    ) -> io::Result<Attr> {
+        let parent = self.node(parent)?;
+        let slot = self.slot(&parent, name)?;
+        let pst = sys::fstat(slot.dir.as_fd())?;
+        let (fmt, mode) = match object {
+            NewObject::File { mode } => (libc::S_IFREG, mode),
+            NewObject::Dir { mode } => (libc::S_IFDIR, mode),
+            NewObject::Node { mode, .. } => (mode & libc::S_IFMT, mode),
+            NewObject::Symlink { .. } => (libc::S_IFLNK, 0o777),
+        };
+        let own = ownership(&pst, caller, mode, fmt == libc::S_IFDIR);
+        let (wformat, ns) = (self.cfg.whiteout, self.cfg.xattr_ns);
+        self.install(&slot, |work, tmp| {
+            match object {
+                NewObject::File { .. } => drop(sys::openat(
+                    work,
+                    tmp,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+                    own.mode & 0o777,
+                )?),
+                NewObject::Dir { .. } => sys::mkdirat(work, tmp, own.mode & 0o777)?,
+                NewObject::Node { rdev, .. } => {
+                    sys::mknodat(work, tmp, fmt | (own.mode & 0o777), rdev)?
+                }
+                NewObject::Symlink { target } => sys::symlinkat(target, work, tmp)?,
+            }
+            sys::fchownat(work, tmp, own.uid, own.gid)?;
+            if fmt != libc::S_IFLNK && own.mode & 0o7000 != 0 {
+                let fd = sys::openat(work, tmp, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+                sys::fchmod(fd.as_fd(), own.mode)?;
+            }
+            if fmt == libc::S_IFDIR && slot.opaque {
+                whiteout::set_opaque(work, tmp, wformat, ns)?;
+            }
+            Ok(())
+        })?;
+        self.lookup_in(&parent, name).map(|(_, a)| a)
+    }
+
+    /// A hard link `newname` in `newparent` to `ino`; counts one lookup.
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> io::Result<Attr> {
+        let node = self.node(ino)?;
+        if node.is_dir() {
+            return Err(errno(libc::EPERM));
+        }
+        let newparent = self.node(newparent)?;
+        self.copy_up(&node, CopyData::Full)?;
+        let slot = self.slot(&newparent, newname)?;
+        let (src_dir, src_name) = self.parent_fd(0, &node)?;
+        self.install(&slot, |work, tmp| {
+            sys::linkat(src_dir.as_fd(), &src_name, work, tmp)
+        })?;
+        self.lookup_in(&newparent, newname).map(|(_, a)| a)
+    }
+
+    /// Resolves `name` in `parent` to an existing object.
+    fn existing(&self, parent: &Inode, name: &OsStr) -> io::Result<(Stat, Place)> {
+        match self.resolve(parent, name)? {
+            Resolved::Found { st, place } => Ok((*st, place)),
+            Resolved::Missing { .. } => Err(errno(libc::ENOENT)),
+        }
+    }
+
+    /// Replaces the upper object `dir/name` with a whiteout, atomically in overlay format.
+    fn whiteout_over(&self, dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> io::Result<()> {
+        let work = self.work()?;
+        match self.cfg.whiteout {
+            WhiteoutFormat::Overlay => {
+                let tmp = work.temp_name();
+                sys::mknodat(work.fd(), &tmp, libc::S_IFCHR, 0)?;
+                let flags = if is_dir { libc::RENAME_EXCHANGE } else { 0 };
+                let r = sys::renameat2(work.fd(), &tmp, dir, name, flags);
+                work.remove(&tmp)?;
+                r
+            }
+            WhiteoutFormat::Aufs => {
+                whiteout::make_whiteout(dir, name, WhiteoutFormat::Aufs)?;
+                self.remove_upper(dir, name, is_dir)
+            }
+        }
+    }
+
+    /// Removes the upper object `dir/name` (a directory with whatever whiteouts it holds).
+    fn remove_upper(&self, dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> io::Result<()> {
+        if !is_dir {
+            return sys::unlinkat(dir, name, false);
+        }
+        match sys::unlinkat(dir, name, true) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                let work = self.work()?;
+                let tmp = work.temp_name();
+                sys::renameat2(dir, name, work.fd(), &tmp, libc::RENAME_NOREPLACE)?;
+                work.remove(&tmp)
+            }
+            r => r,
+        }
+    }
+
+    /// Removes `name` from `parent`, leaving a whiteout where a lower layer shows it.
+    fn remove(&self, parent: Ino, name: &OsStr, want_dir: bool) -> io::Result<()> {
+        let upper = self.layers.writable()?;
+        let parent = self.node(parent)?;
+        let (st, place) = self.existing(&parent, name)?;
+        match (is_dir(&st), want_dir) {
+            (true, false) => return Err(errno(libc::EISDIR)),
+            (false, true) => return Err(errno(libc::ENOTDIR)),
+            _ => {}
+        }
+        if want_dir && !self.is_empty_dir(&self.path_of(parent.ino)?.join(name), &place)? {
+            return Err(errno(libc::ENOTEMPTY));
+        }
+        if place.upper {
+            let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
+            if !place.lowers.is_empty() || self.lower_visible(&parent, name)? {
+                self.whiteout_over(dir.as_fd(), name, want_dir)?;
+            } else {
+                self.remove_upper(dir.as_fd(), name, want_dir)?;
+            }
+            if want_dir || st.st_nlink <= 1 {
+                self.aliases.remove(&st.st_ino);
+            }
+        } else {
+            self.copy_up(&parent, CopyData::Full)?;
+            let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
+            whiteout::make_whiteout(dir.as_fd(), name, self.cfg.whiteout)?;
+        }
+        Ok(())
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn node_for(&self, parent: &Inode, st: &Stat, place: Place) -> io::Result<Arc<Inode>> {
+        let _ = parent;
+        let top = place.top().ok_or_else(|| errno(libc::ENOENT))?;
+        let ino = self.ino_for(top, st.st_ino);
+        Ok(self
+            .inodes
+            .existing_or_transient(ino, st.st_mode & libc::S_IFMT, place))
+    }
+
+    /// rename(2) with `RENAME_NOREPLACE` / `RENAME_EXCHANGE`. A directory that a lower
+    /// layer holds cannot move (EXDEV, as kernel overlayfs without redirect_dir).
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        newparent: Ino,
+        newname: &OsStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0
+            || flags == libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE
+        {
+            return Err(errno(libc::EINVAL));
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let upper = self.layers.writable()?;
+        let parent = self.node(parent)?;
+        let newparent = self.node(newparent)?;
+        let (sst, splace) = self.existing(&parent, name)?;
+        let dst = match self.resolve(&newparent, newname)? {
+            Resolved::Found { st, place } => Some((*st, place)),
+            Resolved::Missing { .. } => None,
+        };
+        if dst.is_none() {
+            check_new_name(newname)?;
+        }
+        if parent.ino == newparent.ino && name == newname {
+            return if dst.is_some() || !exchange {
+                Ok(())
+            } else {
+                Err(errno(libc::ENOENT))
+            };
+        }
+        if dst.is_some() && flags & libc::RENAME_NOREPLACE != 0 {
+            return Err(errno(libc::EEXIST));
+        }
+        if dst.is_none() && exchange {
+            return Err(errno(libc::ENOENT));
+        }
+        let src_dir = is_dir(&sst);
+        if let Some((dst_st, dplace)) = &dst {
+            let dst_dir = is_dir(dst_st);
+            if !exchange {
+                match (src_dir, dst_dir) {
+                    (true, false) => return Err(errno(libc::ENOTDIR)),
+                    (false, true) => return Err(errno(libc::EISDIR)),
+                    _ => {}
+                }
+                if dst_dir
+                    && !self.is_empty_dir(&self.path_of(newparent.ino)?.join(newname), dplace)?
+                {
+                    return Err(errno(libc::ENOTEMPTY));
+                }
+            } else if dst_dir && !dplace.lowers.is_empty() {
+                return Err(errno(libc::EXDEV));
+            }
+        }
+        if src_dir && !splace.lowers.is_empty() {
+            return Err(errno(libc::EXDEV));
+        }
+        let src_below = !splace.lowers.is_empty() || self.lower_visible(&parent, name)?;
+        let snode = self.node_for(&parent, &sst, splace)?;
+        self.copy_up(&snode, CopyData::Full)?;
+        self.copy_up(&newparent, CopyData::Full)?;
+        let sdir = upper.open_dir(&self.path_of(parent.ino)?)?;
+        let ddir = upper.open_dir(&self.path_of(newparent.ino)?)?;
+
+        if exchange {
+            let (dst_st, dplace) = dst.ok_or_else(|| errno(libc::ENOENT))?;
+            let dnode = self.node_for(&newparent, &dst_st, dplace)?;
+            self.copy_up(&dnode, CopyData::Full)?;
+            sys::renameat2(
+                sdir.as_fd(),
+                name,
+                ddir.as_fd(),
+                newname,
+                libc::RENAME_EXCHANGE,
+            )?;
+            snode.set_name(newparent.ino, newname);
+            dnode.set_name(parent.ino, name);
+            if src_dir && self.lower_visible(&newparent, newname)? {
+                self.mark_opaque(ddir.as_fd(), newname)?;
+            }
+            if dnode.is_dir() && self.lower_visible(&parent, name)? {
+                self.mark_opaque(sdir.as_fd(), name)?;
+            }
+            return Ok(());
+        }
+
+        let dst_upper_dir = matches!(&dst, Some((st, p)) if p.upper && is_dir(st));
+        let mut old_name_whited = false;
+        if dst_upper_dir {
+            // Swap, then dispose of the (visibly empty) old target now at the old name.
+            sys::renameat2(
+                sdir.as_fd(),
+                name,
+                ddir.as_fd(),
+                newname,
+                libc::RENAME_EXCHANGE,
+            )?;
+            if src_below {
+                self.whiteout_over(sdir.as_fd(), name, true)?;
+                old_name_whited = true;
+            } else {
+                self.remove_upper(sdir.as_fd(), name, true)?;
+            }
+        } else {
+            let over = match &dst {
+                None => match self.resolve(&newparent, newname)? {
+                    Resolved::Missing { upper_whiteout, .. } => upper_whiteout,
+                    Resolved::Found { .. } => None,
+                },
+                Some(_) => None,
+            };
+            let use_rename_whiteout =
+                src_below && self.cfg.whiteout == WhiteoutFormat::Overlay && !src_dir;
+            if src_dir && over == Some(WhiteoutFormat::Overlay) {
+                // A directory cannot replace the whiteout: exchange, and the whiteout
+                // lands at the old name.
+                sys::renameat2(
+                    sdir.as_fd(),
+                    name,
+                    ddir.as_fd(),
+                    newname,
+                    libc::RENAME_EXCHANGE,
+                )?;
+                if src_below {
+                    old_name_whited = true;
+                } else {
+                    sys::unlinkat(sdir.as_fd(), name, false)?;
+                }
+            } else {
+                let f = if use_rename_whiteout {
+                    libc::RENAME_WHITEOUT
+                } else {
+                    0
+                };
+                sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, f)?;
+                old_name_whited = use_rename_whiteout;
+            }
+            if over == Some(WhiteoutFormat::Aufs) {
+                sys::unlinkat(ddir.as_fd(), &whiteout::aufs_name(newname), false)?;
+            }
+        }
+        if src_below && !old_name_whited {
+            whiteout::make_whiteout(sdir.as_fd(), name, self.cfg.whiteout)?;
+        }
+        snode.set_name(newparent.ino, newname);
+        if src_dir && self.lower_visible(&newparent, newname)? {
+            self.mark_opaque(ddir.as_fd(), newname)?;
+        }
+        Ok(())
+    }
+
+    fn mark_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        whiteout::set_opaque(dir, name, self.cfg.whiteout, self.cfg.xattr_ns)
+    }
+}

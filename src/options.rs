@@ -1,0 +1,386 @@
+//! Mount options: the `-o` strings of the fuse-overlayfs command line and the mount
+//! helpers, the `lowerdir=` list, and what they mean for layerfs. Parsing only; checking
+//! the paths against the filesystem is `setup`'s job.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+
+use crate::layers::MAX_LOWERS;
+use crate::whiteout::WhiteoutFormat;
+
+/// A command-line mistake, shown to the user as one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn usage<T>(msg: impl Into<String>) -> Result<T, UsageError> {
+    Err(UsageError(msg.into()))
+}
+
+/// Everything a mount needs, as the user asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    /// Lower layers, topmost first.
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub workdir: Option<PathBuf>,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub debug: bool,
+    /// `ro`: the mount itself is read-only.
+    pub read_only: bool,
+    pub dev: bool,
+    pub suid: bool,
+    pub exec: bool,
+    pub noatime: bool,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub fsname: Option<String>,
+    pub subtype: Option<String>,
+    pub whiteout: WhiteoutFormat,
+    /// `volatile`: fsync is a no-op and the work directory is marked as the kernel does.
+    pub volatile: bool,
+    pub fsync: bool,
+    pub threads: usize,
+}
+
+/// The default number of FUSE event-loop threads.
+pub const DEFAULT_THREADS: usize = 4;
+
+impl MountSpec {
+    pub fn new(mountpoint: PathBuf) -> Self {
+        MountSpec {
+            lowers: Vec::new(),
+            upper: None,
+            workdir: None,
+            mountpoint,
+            foreground: false,
+            debug: false,
+            read_only: false,
+            dev: false,
+            suid: false,
+            exec: true,
+            noatime: false,
+            allow_other: false,
+            allow_root: false,
+            fsname: None,
+            subtype: None,
+            whiteout: WhiteoutFormat::Overlay,
+            volatile: false,
+            fsync: true,
+            threads: DEFAULT_THREADS,
+        }
+    }
+
+    /// Applies one `-o` string (comma-separated, values may be double-quoted).
+    pub fn apply_options(&mut self, opts: &OsStr) -> Result<(), UsageError> {
+        for (key, value) in split_options(opts)? {
+            self.apply_one(&key, value)?;
+        }
+        Ok(())
+    }
+
+    fn apply_one(&mut self, key: &str, value: Option<OsString>) -> Result<(), UsageError> {
+        let flag = |v: &Option<OsString>| -> Result<(), UsageError> {
+            match v {
+                None => Ok(()),
+                Some(_) => usage(format!("option '{key}' takes no value")),
+            }
+        };
+        let text = |v: Option<OsString>| -> Result<String, UsageError> {
+            let v = v.ok_or_else(|| UsageError(format!("option '{key}' needs a value")))?;
+            v.into_string()
+                .map_err(|_| UsageError(format!("option '{key}': value is not UTF-8")))
+        };
+        let path = |v: Option<OsString>| -> Result<PathBuf, UsageError> {
+            match v {
+                Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+                _ => usage(format!("option '{key}' needs a path")),
+            }
+        };
+        match key {
+            "lowerdir" => {
+                let v =
+                    value.ok_or_else(|| UsageError("option 'lowerdir' needs a value".into()))?;
+                self.lowers = split_lowerdir(&v)?;
+            }
+            "upperdir" => self.upper = Some(path(value)?),
+            "workdir" => self.workdir = Some(path(value)?),
+            "ro" => {
+                flag(&value)?;
+                self.read_only = true;
+            }
+            "rw" => {
+                flag(&value)?;
+                self.read_only = false;
+            }
+            "dev" => {
+                flag(&value)?;
+                self.dev = true;
+            }
+            "nodev" => {
+                flag(&value)?;
+                self.dev = false;
+            }
+            "suid" => {
+                flag(&value)?;
+                self.suid = true;
+            }
+            "nosuid" => {
+                flag(&value)?;
+                self.suid = false;
+            }
+            "exec" => {
+                flag(&value)?;
+                self.exec = true;
+            }
+            "noexec" => {
+                flag(&value)?;
+                self.exec = false;
+            }
+            "atime" | "relatime" | "strictatime" => {
+                flag(&value)?;
+                self.noatime = false;
+            }
+            "noatime" => {
+                flag(&value)?;
+                self.noatime = true;
+            }
+            "allow_other" => {
+                flag(&value)?;
+                self.allow_other = true;
+            }
+            "allow_root" => {
+                flag(&value)?;
+                self.allow_root = true;
+            }
+            // Always on: the kernel checks permissions against the modes layerfs shows.
+            "default_permissions" => flag(&value)?,
+            // Accepted from fstab and mount(8); they do not concern the filesystem.
+            "defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "users" | "nouser"
+            | "async" => flag(&value)?,
+            "fsname" => self.fsname = Some(text(value)?),
+            "subtype" => self.subtype = Some(text(value)?),
+            "volatile" => {
+                flag(&value)?;
+                self.volatile = true;
+                self.fsync = false;
+            }
+            "fsync" => match text(value)?.as_str() {
+                "0" => self.fsync = false,
+                "1" => self.fsync = true,
+                v => return usage(format!("option 'fsync' takes 0 or 1, not '{v}'")),
+            },
+            "whiteout" => {
+                self.whiteout = match text(value)?.as_str() {
+                    "overlay" | "chardev" => WhiteoutFormat::Overlay,
+                    "aufs" | "wh" => WhiteoutFormat::Aufs,
+                    v => {
+                        return usage(format!(
+                            "option 'whiteout' takes 'overlay' or 'aufs', not '{v}'"
+                        ));
+                    }
+                }
+            }
+            "threads" => {
+                let v = text(value)?;
+                self.threads = match v.parse::<usize>() {
+                    Ok(n) if (1..=64).contains(&n) => n,
+                    _ => return usage(format!("option 'threads' takes 1 to 64, not '{v}'")),
+                }
+            }
+            "threaded" => match text(value)?.as_str() {
+                "0" => self.threads = 1,
+                "1" => self.threads = self.threads.max(DEFAULT_THREADS),
+                v => return usage(format!("option 'threaded' takes 0 or 1, not '{v}'")),
+            },
+            // SELinux labels: accepted; nothing to apply while SELinux is not in use.
+            "context" | "fscontext" | "defcontext" | "rootcontext" => drop(text(value)?),
+            // Kernel overlayfs features layerfs does not have yet: only "off" is accepted.
+            "redirect_dir" | "index" | "metacopy" | "xino" | "nfs_export" => {
+                let v = text(value)?;
+                if v != "off" && !(key == "redirect_dir" && v == "nofollow") {
+                    return usage(format!("option '{key}={v}' is not supported (only 'off')"));
+                }
+            }
+            "uidmapping" | "gidmapping" | "squash_to_uid" | "squash_to_gid" | "squash_to_root"
+            | "xattr_permissions" | "noxattrs" | "timeout" => {
+                return usage(format!("option '{key}' is not supported yet"));
+            }
+            _ if key.starts_with("x-") || key.starts_with("comment=") => {}
+            _ => return usage(format!("unknown mount option '{key}'")),
+        }
+        Ok(())
+    }
+
+    /// Checks what the options alone can tell: layers given, within the limit.
+    pub fn check(&self) -> Result<(), UsageError> {
+        if self.lowers.is_empty() {
+            return usage("no lower layer given (lowerdir=)");
+        }
+        if self.lowers.len() > MAX_LOWERS {
+            return usage(format!(
+                "{} lower layers given; at most {MAX_LOWERS} are allowed",
+                self.lowers.len()
+            ));
+        }
+        if self.upper.is_none() && self.workdir.is_some() {
+            return usage("workdir given without upperdir");
+        }
+        Ok(())
+    }
+}
+
+/// Splits an option string at commas outside double quotes; quotes are removed.
+pub fn split_options(opts: &OsStr) -> Result<Vec<(String, Option<OsString>)>, UsageError> {
+    let bytes = opts.as_bytes();
+    if bytes.len() > 1 << 20 {
+        return usage("option string too long");
+    }
+    let mut items = Vec::new();
+    let mut cur = Vec::new();
+    let mut quoted = false;
+    for &b in bytes {
+        match b {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => items.push(std::mem::take(&mut cur)),
+            _ => cur.push(b),
+        }
+    }
+    if quoted {
+        return usage("unbalanced double quote in options");
+    }
+    items.push(cur);
+    let mut out = Vec::new();
+    for item in items {
+        if item.is_empty() {
+            continue;
+        }
+        let (k, v) = match item.iter().position(|&b| b == b'=') {
+            Some(i) => (&item[..i], Some(OsString::from_vec(item[i + 1..].to_vec()))),
+            None => (&item[..], None),
+        };
+        let key = std::str::from_utf8(k)
+            .map_err(|_| UsageError("option name is not UTF-8".into()))?
+            .to_string();
+        if key.is_empty() {
+            return usage("empty option name");
+        }
+        out.push((key, v));
+    }
+    Ok(out)
+}
+
+/// Splits a `lowerdir=` value at colons; `\:` is a literal colon. Empty entries are errors.
+pub fn split_lowerdir(value: &OsStr) -> Result<Vec<PathBuf>, UsageError> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = value.as_bytes().iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'\\' => match bytes.next() {
+                Some(&n) => cur.push(n),
+                None => cur.push(b'\\'),
+            },
+            b':' => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(b),
+        }
+    }
+    out.push(cur);
+    if out.iter().any(Vec::is_empty) {
+        return usage("empty layer name in lowerdir (check for '::' or a stray ':')");
+    }
+    Ok(out
+        .into_iter()
+        .map(|v| PathBuf::from(OsString::from_vec(v)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(opts: &str) -> Result<MountSpec, UsageError> {
+        let mut s = MountSpec::new("/mnt".into());
+        s.apply_options(OsStr::new(opts))?;
+        Ok(s)
+    }
+
+    #[test]
+    fn fuse_overlayfs_form() {
+        let s = spec("lowerdir=/a:/b,upperdir=/u,workdir=/w").unwrap();
+        assert_eq!(s.lowers, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(s.upper, Some("/u".into()));
+        assert_eq!(s.workdir, Some("/w".into()));
+        assert!(s.check().is_ok());
+    }
+
+    #[test]
+    fn quoted_values_keep_commas() {
+        let o = split_options(OsStr::new(
+            r#"lowerdir=/l,context="system_u:object_r:container_file_t:s0:c1,c2",dev"#,
+        ))
+        .unwrap();
+        assert_eq!(o.len(), 3);
+        assert_eq!(
+            o[1].1.as_deref(),
+            Some(OsStr::new("system_u:object_r:container_file_t:s0:c1,c2"))
+        );
+        assert!(spec(r#"lowerdir=/l,context="a,b""#).is_ok());
+    }
+
+    #[test]
+    fn escaped_colons_and_empty_layers() {
+        assert_eq!(
+            split_lowerdir(OsStr::new(r"/a\:b:/c")).unwrap(),
+            vec![PathBuf::from("/a:b"), PathBuf::from("/c")]
+        );
+        assert!(split_lowerdir(OsStr::new("/a::/b")).is_err());
+        assert!(split_lowerdir(OsStr::new(":/b")).is_err());
+        assert!(split_lowerdir(OsStr::new("")).is_err());
+    }
+
+    #[test]
+    fn generic_options() {
+        let s =
+            spec("lowerdir=/a,ro,dev,suid,noexec,noatime,allow_other,fsname=x,subtype=y").unwrap();
+        assert!(s.read_only && s.dev && s.suid && !s.exec && s.noatime && s.allow_other);
+        assert_eq!(s.fsname.as_deref(), Some("x"));
+        assert!(spec("lowerdir=/a,default_permissions,nodev,nosuid,rw,exec,atime").is_ok());
+    }
+
+    #[test]
+    fn mistakes_are_errors() {
+        assert!(spec("lowerdir=/a,upperdri=/u").is_err());
+        assert!(spec("lowerdir=/a,ro=1").is_err());
+        assert!(spec(r#"lowerdir=/a,context="x"#).is_err());
+        assert!(spec("lowerdir=/a,fsync=2").is_err());
+        assert!(spec("lowerdir=/a,=x").is_err());
+        assert!(spec("lowerdir=/a,uidmapping=0:1:1").is_err());
+        assert!(spec("lowerdir=/a,redirect_dir=on").is_err());
+        assert!(spec("upperdir=/u").unwrap().check().is_err());
+    }
+
+    #[test]
+    fn layer_limit() {
+        let many: Vec<String> = (0..=MAX_LOWERS).map(|i| format!("/l{i}")).collect();
+        let s = spec(&format!("lowerdir={}", many.join(":"))).unwrap();
+        assert!(s.check().is_err());
+    }
+
+    #[test]
+    fn volatile_and_whiteout() {
+        let s = spec("lowerdir=/a,volatile,whiteout=aufs").unwrap();
+        assert!(s.volatile && !s.fsync);
+        assert_eq!(s.whiteout, WhiteoutFormat::Aufs);
+    }
+}

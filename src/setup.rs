@@ -1,0 +1,215 @@
+//! Checking a `MountSpec` against the filesystem before anything is created: layers exist
+//! and are directories, do not overlap, the workdir sits on the upper's filesystem, the
+//! mountpoint is usable. Only after every check passes is the workdir created and cleaned.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::layers::Layers;
+use crate::options::{MountSpec, UsageError};
+use crate::union::FsConfig;
+use crate::whiteout::{WhiteoutFormat, XattrNs};
+use crate::workdir::WorkDir;
+
+/// Environment variable (fuse-overlayfs's) asking for AUFS-style whiteouts in the upper.
+pub const DISABLE_OVL_WHITEOUT_ENV: &str = "FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT";
+
+fn fail<T>(msg: impl Into<String>) -> Result<T, UsageError> {
+    Err(UsageError(msg.into()))
+}
+
+/// Canonical path of an existing directory, or a one-line error naming `what`.
+fn existing_dir(what: &str, p: &Path) -> Result<PathBuf, UsageError> {
+    let meta = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return fail(format!(
+                "{what} {}: a dead FUSE mount (transport endpoint is not connected); \
+                 clear it with 'layerfs umount {}'",
+                p.display(),
+                p.display()
+            ));
+        }
+        Err(e) => return fail(format!("{what} {}: {}", p.display(), plain(&e))),
+    };
+    if !meta.is_dir() {
+        return fail(format!("{what} {}: not a directory", p.display()));
+    }
+    std::fs::canonicalize(p)
+        .map_err(|e| UsageError(format!("{what} {}: {}", p.display(), plain(&e))))
+}
+
+/// An io::Error as a short message without the "(os error N)" suffix.
+pub fn plain(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn overlaps(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+/// The default workdir for `upper`: a hidden sibling, `.NAME.layerfs-work`.
+pub fn default_workdir(upper: &Path) -> Result<PathBuf, UsageError> {
+    let (Some(parent), Some(name)) = (upper.parent(), upper.file_name()) else {
+        return fail("upper layer is '/'; give --workdir");
+    };
+    let mut n = OsString::from(".");
+    n.push(name);
+    n.push(".layerfs-work");
+    Ok(parent.join(n))
+}
+
+/// A mount ready to serve: layers open, workdir prepared.
+pub struct Prepared {
+    pub layers: Layers,
+    pub work: Option<WorkDir>,
+    pub config: FsConfig,
+    pub mountpoint: PathBuf,
+}
+
+/// Validates `spec` and opens everything; on error nothing has been created.
+pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
+    spec.check()?;
+    let mut lowers = Vec::new();
+    for l in &spec.lowers {
+        let c = existing_dir("lower layer", l)?;
+        if lowers.contains(&c) {
+            return fail(format!("lower layer {} is given twice", l.display()));
+        }
+        lowers.push(c);
+    }
+    let mountpoint = existing_dir("mountpoint", &spec.mountpoint)?;
+    let upper = match &spec.upper {
+        None => None,
+        Some(u) => {
+            let c = existing_dir("upper layer", u)?;
+            for l in &lowers {
+                if c == *l {
+                    return fail(format!("upper layer {} is also a lower layer", u.display()));
+                }
+                if overlaps(&c, l) {
+                    return fail(format!(
+                        "upper layer {} and lower layer {} overlap (one is inside the other)",
+                        u.display(),
+                        l.display()
+                    ));
+                }
+            }
+            Some(c)
+        }
+    };
+    let mut create_workdir = None;
+    let workdir = match (&upper, &spec.workdir) {
+        (None, _) => None,
+        (Some(u), Some(w)) => {
+            let c = existing_dir("workdir", w)?;
+            check_workdir(u, &c, &lowers)?;
+            Some(c)
+        }
+        (Some(u), None) => {
+            let w = default_workdir(u)?;
+            match std::fs::symlink_metadata(&w) {
+                Ok(_) => {
+                    let c = existing_dir("workdir", &w)?;
+                    check_workdir(u, &c, &lowers)?;
+                    Some(c)
+                }
+                Err(_) => {
+                    let parent = w.parent().unwrap_or(Path::new("/"));
+                    if dev_of(parent)? != dev_of(u)? {
+                        return fail(format!(
+                            "upper layer {} is the root of its filesystem; give --workdir",
+                            u.display()
+                        ));
+                    }
+                    create_workdir = Some(w.clone());
+                    Some(w)
+                }
+            }
+        }
+    };
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        return fail(format!("cannot open /dev/fuse: {}", plain(&e)));
+    }
+
+    // Every check passed: from here on, create what is missing.
+    if let Some(w) = &create_workdir {
+        std::fs::create_dir(w)
+            .map_err(|e| UsageError(format!("workdir {}: {}", w.display(), plain(&e))))?;
+    }
+    let layers = Layers::open(upper.as_deref(), &lowers)
+        .map_err(|e| UsageError(format!("opening the layers: {}", plain(&e))))?;
+    let work = match &workdir {
+        Some(w) => {
+            let wd = WorkDir::open(w)
+                .map_err(|e| UsageError(format!("workdir {}: {}", w.display(), plain(&e))))?;
+            if spec.volatile {
+                mark_volatile(w)
+                    .map_err(|e| UsageError(format!("workdir {}: {}", w.display(), plain(&e))))?;
+            }
+            Some(wd)
+        }
+        None => None,
+    };
+    let whiteout = if std::env::var_os(DISABLE_OVL_WHITEOUT_ENV).is_some() {
+        WhiteoutFormat::Aufs
+    } else {
+        spec.whiteout
+    };
+    Ok(Prepared {
+        layers,
+        work,
+        config: FsConfig {
+            whiteout,
+            xattr_ns: XattrNs::Trusted,
+            fsync: spec.fsync,
+        },
+        mountpoint,
+    })
+}
+
+fn dev_of(p: &Path) -> Result<u64, UsageError> {
+    std::fs::metadata(p)
+        .map(|m| m.dev())
+        .map_err(|e| UsageError(format!("{}: {}", p.display(), plain(&e))))
+}
+
+fn check_workdir(upper: &Path, work: &Path, lowers: &[PathBuf]) -> Result<(), UsageError> {
+    if overlaps(upper, work) {
+        return fail(format!(
+            "workdir {} and upper layer {} overlap; they must be separate directories",
+            work.display(),
+            upper.display()
+        ));
+    }
+    if let Some(l) = lowers.iter().find(|l| overlaps(l, work)) {
+        return fail(format!(
+            "workdir {} and lower layer {} overlap",
+            work.display(),
+            l.display()
+        ));
+    }
+    if dev_of(upper)? != dev_of(work)? {
+        return fail(format!(
+            "workdir {} is not on the same filesystem as upper layer {}",
+            work.display(),
+            upper.display()
+        ));
+    }
+    Ok(())
+}
+
+/// `WORKDIR/work/incompat/volatile`, as kernel overlayfs leaves for a volatile mount.
+fn mark_volatile(workdir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(workdir.join("work/incompat/volatile"))
+}

@@ -1,0 +1,679 @@
+//! Thin wrappers over the Linux system calls layerfs needs: the only module with `unsafe`.
+//!
+//! Every wrapper takes borrowed fds and byte names (`&OsStr`, `&Path`), returns
+//! `io::Result` carrying the real errno, and never follows a symlink unless its name says so.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+pub use libc::stat as Stat;
+
+/// `RESOLVE_*` flags of openat2(2).
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+pub const RESOLVE_BENEATH: u64 = 0x08;
+
+/// Turns a libc return value into `io::Result`, reading errno on -1.
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// A name or path as a C string; an interior NUL is EINVAL, as the kernel would say.
+pub fn cstr(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
+    let fd = check(fd)?;
+    // SAFETY: `fd` was just returned by the kernel as a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// openat2(2): opens `path` below `dir` under the given `RESOLVE_*` rules.
+pub fn openat2(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    let c = cstr(path.as_os_str())?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: u64::from(mode),
+        resolve,
+    };
+    loop {
+        // SAFETY: `c` is a valid C string and `how` a valid open_how of the size passed.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        match owned(ret as libc::c_int) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+            r => return r,
+        }
+    }
+}
+
+/// openat(2) of a single name in `dir`; callers pass `O_NOFOLLOW` unless they mean to follow.
+pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    // SAFETY: `c` is a valid C string; the mode is passed as the variadic third argument.
+    owned(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    })
+}
+
+/// Reopens the object behind `fd` (possibly an `O_PATH` fd) through `/proc/self/fd`.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+    let c = proc_path(fd, None)?;
+    // SAFETY: `c` is a valid C string.
+    owned(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) })
+}
+
+/// fstatat(2) with `AT_SYMLINK_NOFOLLOW`; an empty name stats `dir` itself.
+pub fn fstatat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
+    let c = cstr(name)?;
+    let flags = if name.is_empty() {
+        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    };
+    let mut st = std::mem::MaybeUninit::<Stat>::uninit();
+    // SAFETY: `c` is a valid C string and `st` points to writable memory for one stat.
+    check(unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), st.as_mut_ptr(), flags) })?;
+    // SAFETY: fstatat succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    fstatat(fd, OsStr::new(""))
+}
+
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: `c` is a valid C string.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) }).map(drop)
+}
+
+pub fn mknodat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: `c` is a valid C string.
+    check(unsafe {
+        libc::mknodat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            mode as libc::mode_t,
+            rdev as libc::dev_t,
+        )
+    })
+    .map(drop)
+}
+
+pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let t = cstr(target)?;
+    let c = cstr(name)?;
+    // SAFETY: both are valid C strings.
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(drop)
+}
+
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OsString> {
+    let c = cstr(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `c` is a valid C string and `buf` is writable for its full length.
+    let n = check_size(unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(OsString::from_vec(buf))
+}
+
+/// linkat(2) without following a symlink source.
+pub fn linkat(
+    old_dir: BorrowedFd<'_>,
+    old: &OsStr,
+    new_dir: BorrowedFd<'_>,
+    new: &OsStr,
+) -> io::Result<()> {
+    let o = cstr(old)?;
+    let n = cstr(new)?;
+    // SAFETY: both are valid C strings.
+    check(unsafe {
+        libc::linkat(
+            old_dir.as_raw_fd(),
+            o.as_ptr(),
+            new_dir.as_raw_fd(),
+            n.as_ptr(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &OsStr, remove_dir: bool) -> io::Result<()> {
+    let c = cstr(name)?;
+    let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: `c` is a valid C string.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }).map(drop)
+}
+
+pub fn renameat2(
+    old_dir: BorrowedFd<'_>,
+    old: &OsStr,
+    new_dir: BorrowedFd<'_>,
+    new: &OsStr,
+    flags: u32,
+) -> io::Result<()> {
+    let o = cstr(old)?;
+    let n = cstr(new)?;
+    // SAFETY: both are valid C strings.
+    check(unsafe {
+        libc::renameat2(
+            old_dir.as_raw_fd(),
+            o.as_ptr(),
+            new_dir.as_raw_fd(),
+            n.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// fchownat(2) with `AT_SYMLINK_NOFOLLOW`; an empty name changes `dir` itself.
+pub fn fchownat(dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW;
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    // SAFETY: `c` is a valid C string.
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), uid, gid, flags) }).map(drop)
+}
+
+/// A timestamp to set: `None` leaves it unchanged, `Now` is the current time.
+#[derive(Clone, Copy, Debug)]
+pub enum SetTime {
+    Omit,
+    Now,
+    At(i64, i64),
+}
+
+fn timespec(t: SetTime) -> libc::timespec {
+    match t {
+        SetTime::Omit => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        SetTime::Now => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        SetTime::At(s, ns) => libc::timespec {
+            tv_sec: s,
+            tv_nsec: ns,
+        },
+    }
+}
+
+/// utimensat(2) with `AT_SYMLINK_NOFOLLOW`; an empty name changes `dir` itself.
+pub fn utimensat(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    atime: SetTime,
+    mtime: SetTime,
+) -> io::Result<()> {
+    let times = [timespec(atime), timespec(mtime)];
+    if name.is_empty() {
+        // utimensat has no AT_EMPTY_PATH; go through the fd's /proc entry instead.
+        let c = proc_path(dir, None)?;
+        // SAFETY: `c` is a valid C string and `times` holds two timespecs.
+        return check(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) })
+            .map(drop);
+    }
+    let c = cstr(name)?;
+    // SAFETY: `c` is a valid C string and `times` holds two timespecs.
+    check(unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// chmod of the object behind `fd` (which may be `O_PATH`; it must not be a symlink).
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    let c = proc_path(fd, None)?;
+    // SAFETY: `c` is a valid C string.
+    check(unsafe { libc::chmod(c.as_ptr(), mode as libc::mode_t) }).map(drop)
+}
+
+pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<libc::statfs> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` points to writable memory for one statfs.
+    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatfs succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed fd.
+    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset as i64, len as i64) }).map(drop)
+}
+
+/// lseek(2) with `SEEK_DATA`/`SEEK_HOLE`; `None` when there is no more data (ENXIO).
+pub fn seek_data_or_hole(fd: BorrowedFd<'_>, offset: u64, hole: bool) -> io::Result<Option<u64>> {
+    let whence = if hole {
+        libc::SEEK_HOLE
+    } else {
+        libc::SEEK_DATA
+    };
+    // SAFETY: plain syscall on a borrowed fd.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset as i64, whence) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(r as u64))
+}
+
+/// copy_file_range(2) between explicit offsets; returns the bytes copied (0 at EOF).
+pub fn copy_file_range(
+    src: BorrowedFd<'_>,
+    src_off: u64,
+    dst: BorrowedFd<'_>,
+    dst_off: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let mut so = src_off as i64;
+    let mut d = dst_off as i64;
+    // SAFETY: the offset pointers are valid for the call; the fds are borrowed.
+    check_size(unsafe {
+        libc::copy_file_range(src.as_raw_fd(), &mut so, dst.as_raw_fd(), &mut d, len, 0)
+    } as libc::ssize_t)
+}
+
+/// One entry of a directory as getdents returns it.
+#[derive(Debug, Clone)]
+pub struct RawDirent {
+    pub name: OsString,
+    pub ino: u64,
+    pub dtype: u8,
+}
+
+/// Reads every entry of the directory `dir` (an fd opened for reading), `.` and `..` excluded.
+pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirent>> {
+    let dup = reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let raw = dup.as_raw_fd();
+    // SAFETY: `raw` is a directory fd we own; fdopendir takes it over (closed by closedir).
+    let dp = unsafe { libc::fdopendir(raw) };
+    if dp.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    std::mem::forget(dup);
+    let mut out = Vec::new();
+    let result = loop {
+        // SAFETY: errno is thread-local; resetting it distinguishes end-of-stream from errors.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `dp` is a valid DIR* until closedir below.
+        let ent = unsafe { libc::readdir64(dp) };
+        if ent.is_null() {
+            let e = io::Error::last_os_error();
+            break if e.raw_os_error().unwrap_or(0) == 0 {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        // SAFETY: readdir64 returned a valid entry whose d_name is NUL-terminated.
+        let (name, ino, dtype) = unsafe {
+            let e = &*ent;
+            (CStr::from_ptr(e.d_name.as_ptr()), e.d_ino, e.d_type)
+        };
+        let bytes = name.to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        out.push(RawDirent {
+            name: OsStr::from_bytes(bytes).to_os_string(),
+            ino,
+            dtype,
+        });
+    };
+    // SAFETY: `dp` came from fdopendir and is closed exactly once.
+    unsafe { libc::closedir(dp) };
+    result.map(|()| out)
+}
+
+/// `/proc/self/fd/N[/name]`: how xattr and chmod calls reach an object held by an fd.
+pub fn proc_path(fd: BorrowedFd<'_>, name: Option<&OsStr>) -> io::Result<CString> {
+    let mut p = format!("/proc/self/fd/{}", fd.as_raw_fd()).into_bytes();
+    if let Some(n) = name {
+        p.push(b'/');
+        p.extend_from_slice(n.as_bytes());
+    }
+    cstr(OsStr::from_bytes(&p))
+}
+
+/// Where an xattr call goes: a name inside a directory (not followed if a symlink)
+/// or the object behind an fd.
+pub struct XattrTarget {
+    path: CString,
+    follow: bool,
+}
+
+impl XattrTarget {
+    pub fn at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Self> {
+        if name.is_empty() {
+            return Self::fd(dir);
+        }
+        Ok(XattrTarget {
+            path: proc_path(dir, Some(name))?,
+            follow: false,
+        })
+    }
+
+    pub fn fd(fd: BorrowedFd<'_>) -> io::Result<Self> {
+        Ok(XattrTarget {
+            path: proc_path(fd, None)?,
+            follow: true,
+        })
+    }
+
+    /// The value of xattr `name`, or ENODATA.
+    pub fn get(&self, name: &OsStr) -> io::Result<Vec<u8>> {
+        let n = cstr(name)?;
+        let mut buf = vec![0u8; 256];
+        loop {
+            // SAFETY: both strings are valid and `buf` is writable for its length.
+            let r = unsafe {
+                if self.follow {
+                    libc::getxattr(
+                        self.path.as_ptr(),
+                        n.as_ptr(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    )
+                } else {
+                    libc::lgetxattr(
+                        self.path.as_ptr(),
+                        n.as_ptr(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    )
+                }
+            };
+            match check_size(r) {
+                Ok(len) => {
+                    buf.truncate(len);
+                    return Ok(buf);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < 1 << 20 => {
+                    buf.resize(buf.len() * 4, 0);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The names of all xattrs, each without its NUL.
+    pub fn list(&self) -> io::Result<Vec<OsString>> {
+        let mut buf = vec![0u8; 1024];
+        loop {
+            // SAFETY: the path is a valid C string and `buf` is writable for its length.
+            let r = unsafe {
+                if self.follow {
+                    libc::listxattr(self.path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+                } else {
+                    libc::llistxattr(self.path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+                }
+            };
+            match check_size(r) {
+                Ok(len) => {
+                    buf.truncate(len);
+                    return Ok(buf
+                        .split(|b| *b == 0)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| OsStr::from_bytes(s).to_os_string())
+                        .collect());
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < 1 << 22 => {
+                    buf.resize(buf.len() * 4, 0);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub fn set(&self, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        let n = cstr(name)?;
+        // SAFETY: both strings are valid and `value` is readable for its length.
+        check(unsafe {
+            if self.follow {
+                libc::setxattr(
+                    self.path.as_ptr(),
+                    n.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    flags,
+                )
+            } else {
+                libc::lsetxattr(
+                    self.path.as_ptr(),
+                    n.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    flags,
+                )
+            }
+        })
+        .map(drop)
+    }
+
+    pub fn remove(&self, name: &OsStr) -> io::Result<()> {
+        let n = cstr(name)?;
+        // SAFETY: both strings are valid C strings.
+        check(unsafe {
+            if self.follow {
+                libc::removexattr(self.path.as_ptr(), n.as_ptr())
+            } else {
+                libc::lremovexattr(self.path.as_ptr(), n.as_ptr())
+            }
+        })
+        .map(drop)
+    }
+}
+
+/// mount(2).
+pub fn mount(
+    source: &OsStr,
+    target: &Path,
+    fstype: &str,
+    flags: u64,
+    data: &str,
+) -> io::Result<()> {
+    let s = cstr(source)?;
+    let t = cstr(target.as_os_str())?;
+    let f = cstr(OsStr::new(fstype))?;
+    let d = cstr(OsStr::new(data))?;
+    // SAFETY: all four are valid C strings.
+    check(unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            f.as_ptr(),
+            flags as libc::c_ulong,
+            d.as_ptr().cast(),
+        )
+    })
+    .map(drop)
+}
+
+/// umount2(2); `detach` is `MNT_DETACH` (a lazy unmount).
+pub fn umount(target: &Path, detach: bool) -> io::Result<()> {
+    let t = cstr(target.as_os_str())?;
+    let flags = if detach { libc::MNT_DETACH } else { 0 };
+    // SAFETY: `t` is a valid C string.
+    check(unsafe { libc::umount2(t.as_ptr(), flags) }).map(drop)
+}
+
+/// What fork(2) returned to this side.
+pub enum Forked {
+    Parent(libc::pid_t),
+    Child,
+}
+
+/// fork(2). Only call while the process has a single thread.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller guarantees no other threads exist, so the child is consistent.
+    match check(unsafe { libc::fork() })? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::setsid() }).map(drop)
+}
+
+/// dup2(2) of `fd` onto the raw descriptor `target` (used only for 0, 1 and 2).
+pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 atomically replaces `target`; callers pass only the standard streams.
+    check(unsafe { libc::dup2(fd.as_raw_fd(), target) }).map(drop)
+}
+
+/// pipe2(2) with `O_CLOEXEC`: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded; both descriptors are new and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// waitpid(2) without blocking: `Some(status)` once the child has exited.
+pub fn try_wait(pid: libc::pid_t) -> io::Result<Option<i32>> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer.
+    let r = check(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) })?;
+    Ok((r != 0).then_some(status))
+}
+
+/// The signals that end the daemon.
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+fn stop_sigset() -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset only touches the initialised set.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for s in STOP_SIGNALS {
+            libc::sigaddset(set.as_mut_ptr(), s);
+        }
+        set.assume_init()
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and the threads it spawns later).
+pub fn block_stop_signals() -> io::Result<()> {
+    let set = stop_sigset();
+    // SAFETY: `set` is an initialised sigset.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// Waits for one of the blocked stop signals and returns its number.
+pub fn wait_stop_signal() -> io::Result<i32> {
+    let set = stop_sigset();
+    let mut sig = 0;
+    // SAFETY: `set` is initialised and `sig` a valid out-pointer.
+    let r = unsafe { libc::sigwait(&set, &mut sig) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(sig)
+}
+
+/// Raises the soft limit of open files to the hard limit.
+pub fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-pointer; setrlimit reads the same struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Sets the process umask (the daemon uses 0 so created modes are exactly as asked).
+pub fn set_umask(mask: u32) {
+    // SAFETY: umask only changes process state and cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) };
+}
+
+pub fn getuid() -> u32 {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() }
+}
+
+pub fn getgid() -> u32 {
+    // SAFETY: getgid cannot fail.
+    unsafe { libc::getgid() }
+}

@@ -1,0 +1,348 @@
+//! The union core: `LayerFs` and how a name is resolved through the layers. Lookups go
+//! top-down (upper, then lowers in order); a non-directory hides everything below it,
+//! directories merge until an opaque one, and a whiteout ends the search.
+//!
+//! Every operation returns `io::Result` carrying the errno the kernel would give; the FUSE
+//! adapter only translates.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::handles::{HandleTable, OpenDir, OpenFile};
+use crate::inode::{Ino, Inode, InodeTable, Place, ROOT};
+use crate::layers::{LayerId, Layers};
+use crate::sys::{self, Stat};
+use crate::whiteout::{self, WhiteoutFormat, XattrNs};
+use crate::workdir::WorkDir;
+
+/// Behaviour switches fixed at mount time.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// The format of whiteouts and opaque markers written into the upper layer.
+    pub whiteout: WhiteoutFormat,
+    /// The namespace of overlay xattrs written into the upper layer.
+    pub xattr_ns: XattrNs,
+    /// Whether fsync reaches the upper filesystem (off for `volatile` / `fsync=0`).
+    pub fsync: bool,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            whiteout: WhiteoutFormat::Overlay,
+            xattr_ns: XattrNs::Trusted,
+            fsync: true,
+        }
+    }
+}
+
+/// Who makes a request: new objects belong to them.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The attributes the mount shows for an inode: the real object's stat with the union's
+/// inode number and link count.
+#[derive(Clone, Copy)]
+pub struct Attr {
+    pub ino: Ino,
+    pub st: Stat,
+}
+
+/// The result of resolving one name in a directory.
+pub(crate) enum Resolved {
+    Found {
+        st: Box<Stat>,
+        place: Place,
+    },
+    Missing {
+        /// The whiteout in the upper layer that hides the name, if any.
+        upper_whiteout: Option<WhiteoutFormat>,
+        /// Whether a whiteout (in any layer) hides the name.
+        whiteout_seen: bool,
+    },
+}
+
+pub(crate) fn errno(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+pub(crate) fn is_enoent(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+pub(crate) fn is_dir(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// The union filesystem core.
+pub struct LayerFs {
+    pub(crate) layers: Layers,
+    pub(crate) inodes: InodeTable,
+    pub(crate) files: HandleTable<OpenFile>,
+    pub(crate) dirs: HandleTable<OpenDir>,
+    pub(crate) work: Option<WorkDir>,
+    pub(crate) cfg: FsConfig,
+    /// Inode numbers kept across copy-up: the upper object's real inode → the number the
+    /// mount showed before the copy-up.
+    pub(crate) aliases: DashMap<u64, Ino>,
+}
+
+impl LayerFs {
+    /// A union over `layers`; `work` is required when there is an upper layer.
+    pub fn new(layers: Layers, work: Option<WorkDir>, cfg: FsConfig) -> io::Result<Self> {
+        if layers.upper().is_some() && work.is_none() {
+            return Err(errno(libc::EINVAL));
+        }
+        let mut lowers = Vec::new();
+        for l in layers.lowers() {
+            lowers.push(l.id);
+            if whiteout::is_opaque(l.root(), OsStr::new(""))? {
+                break;
+            }
+        }
+        let root = Place {
+            parent: ROOT,
+            name: OsString::new(),
+            upper: layers.upper().is_some(),
+            lowers,
+        };
+        Ok(LayerFs {
+            layers,
+            inodes: InodeTable::new(root),
+            files: HandleTable::default(),
+            dirs: HandleTable::default(),
+            work,
+            cfg,
+            aliases: DashMap::new(),
+        })
+    }
+
+    pub(crate) fn node(&self, ino: Ino) -> io::Result<Arc<Inode>> {
+        self.inodes.get(ino)
+    }
+
+    pub(crate) fn work(&self) -> io::Result<&WorkDir> {
+        self.work.as_ref().ok_or_else(|| errno(libc::EROFS))
+    }
+
+    /// The inode number shown for the object with real inode `st_ino` in layer `layer`.
+    pub(crate) fn ino_for(&self, layer: LayerId, st_ino: u64) -> Ino {
+        if self.layers.is_upper(layer)
+            && let Some(a) = self.aliases.get(&st_ino)
+        {
+            return *a;
+        }
+        self.layers.ino(layer, st_ino)
+    }
+
+    /// An `O_PATH` fd of the directory holding `node` in `layer`, and the node's name in it
+    /// ("" for the root, whose fd is the layer root itself).
+    pub(crate) fn parent_fd(
+        &self,
+        layer: LayerId,
+        node: &Inode,
+    ) -> io::Result<(OwnedFd, OsString)> {
+        let l = self.layers.get(layer);
+        if node.ino == ROOT {
+            return Ok((l.open_dir(Path::new(""))?, OsString::new()));
+        }
+        let place = node.place();
+        let dir = l.open_dir(&self.inodes.path(place.parent)?)?;
+        Ok((dir, place.name))
+    }
+
+    /// Resolves `name` in the directory `parent` through the layers.
+    pub(crate) fn resolve(&self, parent: &Inode, name: &OsStr) -> io::Result<Resolved> {
+        if name.len() > 255 {
+            return Err(errno(libc::ENAMETOOLONG));
+        }
+        if !parent.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let pplace = parent.place();
+        let ppath = self.inodes.path(parent.ino)?;
+        let mut found: Option<(Stat, Place)> = None;
+        let mut upper_whiteout = None;
+        let mut whiteout_seen = false;
+        let all: Vec<LayerId> = pplace.layers().collect();
+        for (i, &lid) in all.iter().enumerate() {
+            let dir = match self.layers.get(lid).open_dir(&ppath) {
+                Ok(d) => d,
+                Err(e) if is_enoent(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            let st = match sys::fstatat(dir.as_fd(), name) {
+                Ok(st) => st,
+                Err(e) if is_enoent(&e) => {
+                    if whiteout::has_aufs_whiteout(dir.as_fd(), name)? {
+                        if found.is_none() && self.layers.is_upper(lid) {
+                            upper_whiteout = Some(WhiteoutFormat::Aufs);
+                        }
+                        whiteout_seen = true;
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if whiteout::is_whiteout(&st) {
+                if found.is_none() && self.layers.is_upper(lid) {
+                    upper_whiteout = Some(WhiteoutFormat::Overlay);
+                }
+                whiteout_seen = true;
+                break;
+            }
+            let last = i + 1 == all.len();
+            match &mut found {
+                None => {
+                    let place = Place {
+                        parent: parent.ino,
+                        name: name.to_os_string(),
+                        upper: self.layers.is_upper(lid),
+                        lowers: if self.layers.is_upper(lid) {
+                            Vec::new()
+                        } else {
+                            vec![lid]
+                        },
+                    };
+                    let dir_here = is_dir(&st);
+                    found = Some((st, place));
+                    if !dir_here || last || whiteout::is_opaque(dir.as_fd(), name)? {
+                        break;
+                    }
+                }
+                Some((_, place)) => {
+                    if !is_dir(&st) {
+                        break;
+                    }
+                    place.lowers.push(lid);
+                    if last || whiteout::is_opaque(dir.as_fd(), name)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(match found {
+            Some((st, place)) => Resolved::Found {
+                st: Box::new(st),
+                place,
+            },
+            None => Resolved::Missing {
+                upper_whiteout,
+                whiteout_seen,
+            },
+        })
+    }
+
+    /// Looks up `name` in `parent`, counting one kernel reference on success.
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> io::Result<Attr> {
+        let parent = self.node(parent)?;
+        self.lookup_in(&parent, name).map(|(_, a)| a)
+    }
+
+    pub(crate) fn lookup_in(&self, parent: &Inode, name: &OsStr) -> io::Result<(Arc<Inode>, Attr)> {
+        if whiteout::is_reserved_name(name) {
+            return Err(errno(libc::ENOENT));
+        }
+        match self.resolve(parent, name)? {
+            Resolved::Found { st, place } => {
+                let top = place.top().ok_or_else(|| errno(libc::ENOENT))?;
+                let ino = self.ino_for(top, st.st_ino);
+                let node = self.inodes.remember(ino, st.st_mode & libc::S_IFMT, place);
+                let attr = self.shown(&node, *st);
+                Ok((node, attr))
+            }
+            Resolved::Missing { .. } => Err(errno(libc::ENOENT)),
+        }
+    }
+
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    /// The attributes of `ino`.
+    pub fn getattr(&self, ino: Ino) -> io::Result<Attr> {
+        let node = self.node(ino)?;
+        self.attr_of(&node)
+    }
+
+    pub(crate) fn attr_of(&self, node: &Inode) -> io::Result<Attr> {
+        let top = node.place().top().ok_or_else(|| errno(libc::ENOENT))?;
+        let (dir, name) = self.parent_fd(top, node)?;
+        let st = sys::fstatat(dir.as_fd(), &name)?;
+        Ok(self.shown(node, st))
+    }
+
+    /// The stat the mount shows: the union's inode number, and nlink 1 for a merged
+    /// directory, as kernel overlayfs reports.
+    fn shown(&self, node: &Inode, mut st: Stat) -> Attr {
+        st.st_ino = node.ino;
+        if node.is_dir() {
+            let p = node.place();
+            if usize::from(p.upper) + p.lowers.len() > 1 {
+                st.st_nlink = 1;
+            }
+        }
+        Attr { ino: node.ino, st }
+    }
+
+    /// Whether a lower layer below `parent` shows something at `name` (so removing the
+    /// upper object must leave a whiteout).
+    pub(crate) fn lower_visible(&self, parent: &Inode, name: &OsStr) -> io::Result<bool> {
+        let pplace = parent.place();
+        let ppath = self.inodes.path(parent.ino)?;
+        for &lid in &pplace.lowers {
+            let dir = match self.layers.get(lid).open_dir(&ppath) {
+                Ok(d) => d,
+                Err(e) if is_enoent(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            match sys::fstatat(dir.as_fd(), name) {
+                Ok(st) => return Ok(!whiteout::is_whiteout(&st)),
+                Err(e) if is_enoent(&e) => {
+                    if whiteout::has_aufs_whiteout(dir.as_fd(), name)? {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// The relative path of `ino` in every layer.
+    pub(crate) fn path_of(&self, ino: Ino) -> io::Result<PathBuf> {
+        self.inodes.path(ino)
+    }
+
+    /// The number of inodes the table holds (the root included).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// The number of open file and directory handles.
+    pub fn handle_count(&self) -> usize {
+        self.files.len() + self.dirs.len()
+    }
+}
+
+/// Refuses names a user must not create: AUFS-reserved `.wh.` names (EINVAL, as AUFS
+/// does) and names over 255 bytes.
+pub(crate) fn check_new_name(name: &OsStr) -> io::Result<()> {
+    if name.len() > 255 {
+        return Err(errno(libc::ENAMETOOLONG));
+    }
+    if whiteout::is_reserved_name(name) || name.as_bytes().contains(&b'/') {
+        return Err(errno(libc::EINVAL));
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! The on-disk formats of whiteouts and opaque directories, read in both conventions:
+//! overlay (a 0/0 character device; `trusted.overlay.opaque=y` or `user.overlay.opaque=y`)
+//! and AUFS/OCI (`.wh.NAME` files, `.wh..wh..opq`). No other module matches these names.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::sys::{self, Stat};
+
+/// The prefix of AUFS whiteout files; names with it never show in the merged view.
+pub const WH_PREFIX: &[u8] = b".wh.";
+/// The AUFS marker file of an opaque directory.
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+const TRUSTED_PREFIX: &[u8] = b"trusted.overlay.";
+const USER_PREFIX: &[u8] = b"user.overlay.";
+/// layerfs's own xattrs, kept with the overlay ones so kernel overlayfs hides them too.
+const OWN_PREFIX: &[u8] = b"trusted.layerfs.";
+
+/// How whiteouts and opaque markers are written into the upper layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhiteoutFormat {
+    /// Character device 0/0 and `*.overlay.opaque` xattrs, as kernel overlayfs writes.
+    Overlay,
+    /// `.wh.NAME` files and `.wh..wh..opq`, as AUFS and OCI image layers use.
+    Aufs,
+}
+
+/// The xattr namespace of overlay metadata written into the upper layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrNs {
+    Trusted,
+    User,
+}
+
+impl XattrNs {
+    fn opaque(self) -> &'static OsStr {
+        OsStr::new(match self {
+            XattrNs::Trusted => "trusted.overlay.opaque",
+            XattrNs::User => "user.overlay.opaque",
+        })
+    }
+}
+
+/// Is this the stat of an overlay-format whiteout (a 0/0 character device)?
+pub fn is_whiteout(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+/// Is `name` reserved by the AUFS format (hidden from listings, refused on create)?
+pub fn is_reserved_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(WH_PREFIX)
+}
+
+/// For an AUFS whiteout file name `.wh.X`, the hidden name `X`; `None` for other names and
+/// for AUFS metadata such as `.wh..wh..opq`.
+pub fn aufs_target(name: &OsStr) -> Option<&OsStr> {
+    let rest = name.as_bytes().strip_prefix(WH_PREFIX)?;
+    if rest.starts_with(WH_PREFIX) || rest.is_empty() {
+        return None;
+    }
+    Some(OsStr::from_bytes(rest))
+}
+
+/// `.wh.NAME`.
+pub fn aufs_name(name: &OsStr) -> OsString {
+    let mut v = WH_PREFIX.to_vec();
+    v.extend_from_slice(name.as_bytes());
+    OsStr::from_bytes(&v).to_os_string()
+}
+
+/// Does `dir` hold an AUFS whiteout for `name`?
+pub fn has_aufs_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
+    exists(dir, &aufs_name(name))
+}
+
+fn exists(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
+    match sys::fstatat(dir, name) {
+        Ok(_) => Ok(true),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ENAMETOOLONG)
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Is the directory `name` inside `parent` opaque, in either format?
+pub fn is_opaque(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
+    let target = sys::XattrTarget::at(parent, name)?;
+    for ns in [XattrNs::Trusted, XattrNs::User] {
+        match target.get(ns.opaque()) {
+            Ok(v) if v == b"y" => return Ok(true),
+            Ok(_) => {}
+            Err(e) if ignorable_xattr_error(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let dir = sys::openat(
+        parent,
+        name,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )?;
+    exists(dir_fd(&dir), OsStr::new(OPAQUE_MARKER))
+}
+
+fn dir_fd(fd: &std::os::fd::OwnedFd) -> BorrowedFd<'_> {
+    std::os::fd::AsFd::as_fd(fd)
+}
+
+fn ignorable_xattr_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) | Some(libc::EPERM) | Some(libc::EACCES)
+    )
+}
+
+/// Creates a whiteout for `name` in `dir`.
+pub fn make_whiteout(dir: BorrowedFd<'_>, name: &OsStr, format: WhiteoutFormat) -> io::Result<()> {
+    match format {
+        WhiteoutFormat::Overlay => sys::mknodat(dir, name, libc::S_IFCHR, 0),
+        WhiteoutFormat::Aufs => make_empty_file(dir, &aufs_name(name)),
+    }
+}
+
+fn make_empty_file(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    sys::openat(
+        dir,
+        name,
+        libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_TRUNC,
+        0o644,
+    )
+    .map(drop)
+}
+
+/// Marks the directory `name` inside `parent` opaque.
+pub fn set_opaque(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    format: WhiteoutFormat,
+    ns: XattrNs,
+) -> io::Result<()> {
+    match format {
+        WhiteoutFormat::Overlay => sys::XattrTarget::at(parent, name)?.set(ns.opaque(), b"y", 0),
+        WhiteoutFormat::Aufs => {
+            let dir = sys::openat(
+                parent,
+                name,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?;
+            make_empty_file(dir_fd(&dir), OsStr::new(OPAQUE_MARKER))
+        }
+    }
+}
+
+/// Is this xattr name overlay or layerfs metadata, hidden from and refused to users?
+pub fn is_internal_xattr(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    b.starts_with(TRUSTED_PREFIX) || b.starts_with(USER_PREFIX) || b.starts_with(OWN_PREFIX)
+}
+
+/// The kind of an entry as directory merging needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryRole {
+    /// A whiteout hiding `name` in lower layers.
+    Whiteout,
+    /// Layer metadata that never shows (`.wh..wh..opq` and other `.wh..wh.` names).
+    Meta,
+    /// A real entry.
+    Visible,
+}
+
+/// Classifies a directory entry: `(role, name it concerns)`. `chr_whiteout` tells whether
+/// the entry is a 0/0 character device (the caller stats only character devices).
+pub fn classify(name: &OsStr, chr_whiteout: bool) -> (EntryRole, &OsStr) {
+    if chr_whiteout {
+        return (EntryRole::Whiteout, name);
+    }
+    if is_reserved_name(name) {
+        return match aufs_target(name) {
+            Some(t) => (EntryRole::Whiteout, t),
+            None => (EntryRole::Meta, name),
+        };
+    }
+    (EntryRole::Visible, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aufs_names() {
+        assert_eq!(aufs_target(OsStr::new(".wh.foo")), Some(OsStr::new("foo")));
+        assert_eq!(aufs_target(OsStr::new(".wh..wh..opq")), None);
+        assert_eq!(aufs_target(OsStr::new(".wh.")), None);
+        assert_eq!(aufs_target(OsStr::new("foo")), None);
+        assert_eq!(aufs_name(OsStr::new("a b")), OsString::from(".wh.a b"));
+    }
+
+    #[test]
+    fn classify_entries() {
+        assert_eq!(
+            classify(OsStr::new("x"), true),
+            (EntryRole::Whiteout, OsStr::new("x"))
+        );
+        assert_eq!(
+            classify(OsStr::new(".wh.x"), false),
+            (EntryRole::Whiteout, OsStr::new("x"))
+        );
+        assert_eq!(
+            classify(OsStr::new(OPAQUE_MARKER), false).0,
+            EntryRole::Meta
+        );
+        assert_eq!(classify(OsStr::new(".whx"), false).0, EntryRole::Visible);
+    }
+
+    #[test]
+    fn internal_xattrs() {
+        assert!(is_internal_xattr(OsStr::new("trusted.overlay.opaque")));
+        assert!(is_internal_xattr(OsStr::new("user.overlay.origin")));
+        assert!(is_internal_xattr(OsStr::new("trusted.layerfs.x")));
+        assert!(!is_internal_xattr(OsStr::new("user.mime")));
+        assert!(!is_internal_xattr(OsStr::new("trusted.overlayx")));
+    }
+
+    #[test]
+    fn whiteout_stat_and_dirs() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = std::fs::File::open(t.path()).unwrap();
+        let fd = std::os::fd::AsFd::as_fd(&dir);
+        make_whiteout(fd, OsStr::new("gone"), WhiteoutFormat::Overlay).unwrap();
+        assert!(is_whiteout(&sys::fstatat(fd, OsStr::new("gone")).unwrap()));
+        make_whiteout(fd, OsStr::new("gone2"), WhiteoutFormat::Aufs).unwrap();
+        assert!(has_aufs_whiteout(fd, OsStr::new("gone2")).unwrap());
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        std::fs::create_dir(t.path().join("e")).unwrap();
+        assert!(!is_opaque(fd, OsStr::new("d")).unwrap());
+        set_opaque(
+            fd,
+            OsStr::new("d"),
+            WhiteoutFormat::Overlay,
+            XattrNs::Trusted,
+        )
+        .unwrap();
+        set_opaque(fd, OsStr::new("e"), WhiteoutFormat::Aufs, XattrNs::Trusted).unwrap();
+        assert!(is_opaque(fd, OsStr::new("d")).unwrap());
+        assert!(is_opaque(fd, OsStr::new("e")).unwrap());
+    }
+}

@@ -1,0 +1,99 @@
+//! The work directory (`WORKDIR/work`, as kernel overlayfs lays it out): where copy-ups and
+//! new objects are built before an atomic rename puts them into the upper layer, so a crash
+//! never leaves a partial object in the upper. Leftovers are removed at mount.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::sys;
+
+/// Name of the temporary area inside the work directory.
+pub const WORK_SUBDIR: &str = "work";
+
+#[derive(Debug)]
+pub struct WorkDir {
+    fd: OwnedFd,
+    counter: AtomicU64,
+}
+
+impl WorkDir {
+    /// Opens (creating if needed) `workdir/work` and removes what a previous mount left there.
+    pub fn open(workdir: &Path) -> io::Result<Self> {
+        let base = sys::openat2(
+            std::fs::File::open("/")?.as_fd(),
+            workdir,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            0,
+        )?;
+        match sys::mkdirat(base.as_fd(), OsStr::new(WORK_SUBDIR), 0) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        let fd = sys::openat(
+            base.as_fd(),
+            OsStr::new(WORK_SUBDIR),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        let work = WorkDir {
+            fd,
+            counter: AtomicU64::new(0),
+        };
+        work.clean()?;
+        Ok(work)
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// A fresh name for a temporary object.
+    pub fn temp_name(&self) -> OsString {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        OsString::from(format!("#lfs{:x}.{n:x}", std::process::id()))
+    }
+
+    /// Removes the temporary object `name` (a whole tree if it is a directory).
+    pub fn remove(&self, name: &OsStr) -> io::Result<()> {
+        remove_tree(self.fd(), name)
+    }
+
+    /// Removes everything in the work area. Entries named `incompat` (the kernel's
+    /// volatile marker) are kept.
+    pub fn clean(&self) -> io::Result<()> {
+        for e in sys::read_dir(self.fd())? {
+            if e.name == "incompat" {
+                continue;
+            }
+            remove_tree(self.fd(), &e.name)?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes `name` inside `dir`, recursing into directories; never follows symlinks.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let st = match sys::fstatat(dir, name) {
+        Ok(st) => st,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return sys::unlinkat(dir, name, false);
+    }
+    let sub = sys::openat(
+        dir,
+        name,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )?;
+    for e in sys::read_dir(sub.as_fd())? {
+        remove_tree(sub.as_fd(), &e.name)?;
+    }
+    sys::unlinkat(dir, name, true)
+}

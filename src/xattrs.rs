@@ -1,0 +1,62 @@
+//! Extended attributes through the mount: read from the object the mount shows, written to
+//! the upper layer after a copy-up. Overlay's and layerfs's own xattrs are hidden from
+//! listings and refused (EOPNOTSUPP, as kernel overlayfs answers for them).
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::AsFd;
+
+use crate::copyup::CopyData;
+use crate::inode::{Ino, Inode};
+use crate::sys::XattrTarget;
+use crate::union::{LayerFs, errno};
+use crate::whiteout;
+
+fn refuse_internal(name: &OsStr) -> io::Result<()> {
+    if whiteout::is_internal_xattr(name) {
+        return Err(errno(libc::EOPNOTSUPP));
+    }
+    Ok(())
+}
+
+impl LayerFs {
+    fn shown_target(&self, node: &Inode) -> io::Result<(std::os::fd::OwnedFd, OsString)> {
+        let top = node.place().top().ok_or_else(|| errno(libc::ENOENT))?;
+        self.parent_fd(top, node)
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &OsStr) -> io::Result<Vec<u8>> {
+        refuse_internal(name)?;
+        let node = self.node(ino)?;
+        let (dir, n) = self.shown_target(&node)?;
+        XattrTarget::at(dir.as_fd(), &n)?.get(name)
+    }
+
+    pub fn listxattr(&self, ino: Ino) -> io::Result<Vec<OsString>> {
+        let node = self.node(ino)?;
+        let (dir, n) = self.shown_target(&node)?;
+        let mut names = XattrTarget::at(dir.as_fd(), &n)?.list()?;
+        names.retain(|x| !whiteout::is_internal_xattr(x));
+        Ok(names)
+    }
+
+    pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        refuse_internal(name)?;
+        self.layers.writable()?;
+        let node = self.node(ino)?;
+        self.copy_up(&node, CopyData::Full)?;
+        let (dir, n) = self.parent_fd(0, &node)?;
+        XattrTarget::at(dir.as_fd(), &n)?.set(name, value, flags)
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &OsStr) -> io::Result<()> {
+        refuse_internal(name)?;
+        self.layers.writable()?;
+        let node = self.node(ino)?;
+        // Copying up only to find the xattr missing would be wasted work.
+        self.getxattr(ino, name)?;
+        self.copy_up(&node, CopyData::Full)?;
+        let (dir, n) = self.parent_fd(0, &node)?;
+        XattrTarget::at(dir.as_fd(), &n)?.remove(name)
+    }
+}
