@@ -102,6 +102,9 @@ pub fn is_opaque(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
             Err(e) => return Err(e),
         }
     }
+    if name.is_empty() {
+        return exists(parent, OsStr::new(OPAQUE_MARKER));
+    }
     let dir = sys::openat(
         parent,
         name,
