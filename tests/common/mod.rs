@@ -1,0 +1,263 @@
+//! Shared fixture for the integration tests: layer directories in a `TempDir`, and
+//! `Mounted` guards (layerfs or kernel overlayfs) that unmount on drop, even on panic.
+#![allow(dead_code)]
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_layerfs");
+
+/// Whether FUSE mounts can be made here. Under `CI=true` a missing FUSE is a failure.
+pub fn fuse_available() -> bool {
+    let ok = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
+        && nix_is_root();
+    if !ok && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("FUSE is not available (need root and /dev/fuse) but CI=true");
+    }
+    if !ok {
+        eprintln!("skipping: FUSE not available");
+    }
+    ok
+}
+
+fn nix_is_root() -> bool {
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// Returns from the test early when FUSE is unavailable (fails under CI).
+#[macro_export]
+macro_rules! require_fuse {
+    () => {
+        if !common::fuse_available() {
+            return;
+        }
+    };
+}
+
+/// A set of layer directories: `lowers[0]` is the topmost lower.
+pub struct Fixture {
+    pub dir: TempDir,
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub mnt: PathBuf,
+}
+
+impl Fixture {
+    pub fn new(n_lowers: usize) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("layerfs-test")
+            .tempdir()
+            .unwrap();
+        let lowers: Vec<PathBuf> = (0..n_lowers)
+            .map(|i| dir.path().join(format!("lower{i}")))
+            .collect();
+        for l in &lowers {
+            fs::create_dir(l).unwrap();
+        }
+        let upper = dir.path().join("upper");
+        let work = dir.path().join("work");
+        let mnt = dir.path().join("mnt");
+        for d in [&upper, &work, &mnt] {
+            fs::create_dir(d).unwrap();
+        }
+        Fixture {
+            dir,
+            lowers,
+            upper,
+            work,
+            mnt,
+        }
+    }
+
+    pub fn lower(&self, i: usize) -> &Path {
+        &self.lowers[i]
+    }
+
+    pub fn lowerdir(&self) -> OsString {
+        let v: Vec<&OsStr> = self.lowers.iter().map(|p| p.as_os_str()).collect();
+        v.join(OsStr::new(":"))
+    }
+
+    /// `layerfs mount LOWERS UPPER MNT --workdir WORK [extra...]`.
+    pub fn mount(&self) -> Mounted<'_> {
+        self.mount_with(&[])
+    }
+
+    pub fn mount_with(&self, extra: &[&str]) -> Mounted<'_> {
+        let mut c = Command::new(BIN);
+        c.arg("mount")
+            .arg(self.lowerdir())
+            .arg(&self.upper)
+            .arg(&self.mnt)
+            .arg("--workdir")
+            .arg(&self.work)
+            .args(extra);
+        self.run_mount(c)
+    }
+
+    /// A read-only union of the lowers.
+    pub fn mount_read_only(&self) -> Mounted<'_> {
+        let mut c = Command::new(BIN);
+        c.arg("mount")
+            .arg(self.lowerdir())
+            .arg("--read-only")
+            .arg(&self.mnt);
+        self.run_mount(c)
+    }
+
+    /// Runs a mount command that must succeed and returns the guard.
+    pub fn run_mount(&self, mut c: Command) -> Mounted<'_> {
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(is_mounted(&self.mnt), "not mounted after the command returned");
+        Mounted {
+            _fixture: self,
+            path: self.mnt.clone(),
+        }
+    }
+
+    /// Kernel overlayfs over the same directories (the oracle).
+    pub fn kernel_mount(&self) -> Mounted<'_> {
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.lowerdir().to_str().unwrap(),
+            self.upper.display(),
+            self.work.display()
+        );
+        let out = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kernel overlay mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mounted {
+            _fixture: self,
+            path: self.mnt.clone(),
+        }
+    }
+}
+
+/// A live mount; unmounted on drop. Borrows the fixture so its directory outlives it.
+pub struct Mounted<'a> {
+    _fixture: &'a Fixture,
+    pub path: PathBuf,
+}
+
+impl Mounted<'_> {
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Unmounts now (drop does nothing afterwards).
+    pub fn unmount(&self) {
+        unmount(&self.path);
+    }
+}
+
+impl Drop for Mounted<'_> {
+    fn drop(&mut self) {
+        unmount(&self.path);
+    }
+}
+
+pub fn is_mounted(p: &Path) -> bool {
+    let want = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .any(|m| Path::new(&m.replace("\\040", " ")) == want)
+}
+
+pub fn unmount(p: &Path) {
+    for _ in 0..50 {
+        if !is_mounted(p) {
+            return;
+        }
+        let ok = Command::new("umount")
+            .arg(p)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if ok {
+            continue;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = Command::new("umount").arg("-l").arg(p).status();
+}
+
+/// The errno of a failed call, or 0 on success.
+pub fn errno<T>(r: io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+pub fn run(cmd: &str, args: &[&OsStr]) -> Output {
+    Command::new(cmd).args(args).output().unwrap()
+}
+
+/// Names in a directory, sorted.
+pub fn names(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Is `p` an overlay whiteout (0/0 character device)?
+pub fn is_whiteout(p: &Path) -> bool {
+    fs::symlink_metadata(p)
+        .map(|m| m.file_type().is_char_device() && m.rdev() == 0)
+        .unwrap_or(false)
+}
+
+pub fn is_opaque(p: &Path) -> bool {
+    matches!(xattr::get(p, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
+}
+
+/// Writes `content` to `root/rel`, creating parents.
+pub fn put(root: &Path, rel: &str, content: &str) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, content).unwrap();
+}
+
+pub fn read(p: impl AsRef<Path>) -> String {
+    fs::read_to_string(p).unwrap()
+}
+
+/// Overlay whiteout (character device 0/0) at `root/rel`.
+pub fn mkwhiteout(root: &Path, rel: &str) {
+    let st = Command::new("mknod")
+        .arg(root.join(rel))
+        .args(["c", "0", "0"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
