@@ -62,6 +62,14 @@ fn ownership(parent: &Stat, caller: Caller, mode: u32, dir: bool) -> Ownership {
     }
 }
 
+/// Whether a directory merges upper and lower layers. A directory moved into one is
+/// made opaque, as kernel overlayfs does without redirect_dir, so no lower directory of
+/// the same name can ever merge into it.
+fn is_merged(dir: &Inode) -> bool {
+    let p = dir.place();
+    p.upper && !p.lowers.is_empty()
+}
+
 impl LayerFs {
     /// Prepares `name` in `parent` for a new object: it must not exist; the parent is
     /// copied up.
@@ -355,10 +363,10 @@ impl LayerFs {
             )?;
             snode.set_name(newparent.ino, newname);
             dnode.set_name(parent.ino, name);
-            if src_dir && self.lower_visible(&newparent, newname)? {
+            if src_dir && is_merged(&newparent) {
                 self.mark_opaque(ddir.as_fd(), newname)?;
             }
-            if dnode.is_dir() && self.lower_visible(&parent, name)? {
+            if dnode.is_dir() && is_merged(&parent) {
                 self.mark_opaque(sdir.as_fd(), name)?;
             }
             return Ok(());
@@ -423,7 +431,7 @@ impl LayerFs {
             whiteout::make_whiteout(sdir.as_fd(), name, self.cfg.whiteout)?;
         }
         snode.set_name(newparent.ino, newname);
-        if src_dir && self.lower_visible(&newparent, newname)? {
+        if src_dir && is_merged(&newparent) {
             self.mark_opaque(ddir.as_fd(), newname)?;
         }
         Ok(())

@@ -52,7 +52,10 @@ fn write_copies_up_content_and_metadata() {
     assert!(xattr::get(&up, "trusted.overlay.foo").unwrap().is_none());
     let d = fs::metadata(f.upper.join("dir")).unwrap();
     assert_eq!((d.uid(), d.gid(), d.mode() & 0o7777), (42, 43, 0o751));
-    assert_eq!(d.mtime(), fs::metadata(f.lower(0).join("dir")).unwrap().mtime());
+    assert_eq!(
+        d.mtime(),
+        fs::metadata(f.lower(0).join("dir")).unwrap().mtime()
+    );
     // Inode numbers do not change with copy-up.
     assert_eq!(fs::metadata(m.p("dir/sub/file")).unwrap().ino(), ino_before);
     assert_eq!(before.mtime(), fs::metadata(&file).unwrap().mtime());
@@ -86,7 +89,12 @@ fn metadata_changes_copy_up() {
         fs::metadata(f.upper.join("utime")).unwrap().mtime(),
         fs::metadata(m.p("utime")).unwrap().mtime()
     );
-    assert_eq!(xattr::get(f.upper.join("xattr"), "user.k").unwrap().unwrap(), b"v");
+    assert_eq!(
+        xattr::get(f.upper.join("xattr"), "user.k")
+            .unwrap()
+            .unwrap(),
+        b"v"
+    );
     assert_eq!(read(f.upper.join("trunc")), "");
     for n in ["chmod", "chown", "utime", "xattr", "trunc"] {
         assert_eq!(read(f.lower(0).join(n)), "data");
@@ -129,7 +137,11 @@ fn sparse_files_keep_holes_and_large_offsets() {
     assert_eq!(tail, "end!");
     let st = fs::metadata(f.upper.join("sparse")).unwrap();
     assert_eq!(st.len(), (5 << 30) + 4);
-    assert!(st.blocks() * 512 < 1 << 20, "holes preserved: {} blocks", st.blocks());
+    assert!(
+        st.blocks() * 512 < 1 << 20,
+        "holes preserved: {} blocks",
+        st.blocks()
+    );
 }
 
 #[test]

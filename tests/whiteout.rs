@@ -33,7 +33,10 @@ fn unlink_of_copied_up_file_replaces_it_with_whiteout() {
     assert!(is_whiteout(&f.upper.join("a")));
     fs::write(m.p("new"), "n").unwrap();
     fs::remove_file(m.p("new")).unwrap();
-    assert!(!f.upper.join("new").exists(), "pure upper file leaves no whiteout");
+    assert!(
+        !f.upper.join("new").exists(),
+        "pure upper file leaves no whiteout"
+    );
 }
 
 #[test]

@@ -126,7 +126,10 @@ impl Fixture {
             "mount failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(is_mounted(&self.mnt), "not mounted after the command returned");
+        assert!(
+            is_mounted(&self.mnt),
+            "not mounted after the command returned"
+        );
         Mounted {
             _fixture: self,
             path: self.mnt.clone(),
@@ -136,7 +139,7 @@ impl Fixture {
     /// Kernel overlayfs over the same directories (the oracle).
     pub fn kernel_mount(&self) -> Mounted<'_> {
         let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
+            "lowerdir={},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off,xino=off",
             self.lowerdir().to_str().unwrap(),
             self.upper.display(),
             self.work.display()

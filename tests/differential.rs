@@ -1,0 +1,315 @@
+//! Differential tests against kernel overlayfs: the same operations on identical layers
+//! must give the same errno, the same merged view and the same upper directory; and the
+//! upper that layerfs wrote must mount with kernel overlayfs and show the same tree.
+mod common;
+use common::*;
+use layerfs::sys;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+/// One scripted operation, paths relative to the mount root.
+#[derive(Debug, Clone)]
+enum Op {
+    Write(&'static str, &'static str),
+    Append(&'static str, &'static str),
+    Mkdir(&'static str),
+    Rmdir(&'static str),
+    Unlink(&'static str),
+    Rename(&'static str, &'static str),
+    Rename2(&'static str, &'static str, u32),
+    Symlink(&'static str, &'static str),
+    Link(&'static str, &'static str),
+    Chmod(&'static str, u32),
+    Chown(&'static str, u32, u32),
+    Truncate(&'static str, u64),
+    SetXattr(&'static str, &'static str, &'static str),
+    RemoveXattr(&'static str, &'static str),
+    Mkfifo(&'static str),
+    Read(&'static str),
+    Stat(&'static str),
+    CreateNew(&'static str),
+    OpenDir(&'static str),
+}
+
+fn apply(root: &Path, op: &Op) -> i32 {
+    let p = |s: &str| root.join(s);
+    match op {
+        Op::Write(f, c) => errno(fs::write(p(f), c)),
+        Op::Append(f, c) => errno(
+            fs::OpenOptions::new()
+                .append(true)
+                .open(p(f))
+                .and_then(|mut h| std::io::Write::write_all(&mut h, c.as_bytes())),
+        ),
+        Op::Mkdir(d) => errno(fs::create_dir(p(d))),
+        Op::Rmdir(d) => errno(fs::remove_dir(p(d))),
+        Op::Unlink(f) => errno(fs::remove_file(p(f))),
+        Op::Rename(a, b) => errno(fs::rename(p(a), p(b))),
+        Op::Rename2(a, b, flags) => {
+            let r = fs::File::open(root).unwrap();
+            errno(sys::renameat2(
+                r.as_fd(),
+                OsStr::new(a),
+                r.as_fd(),
+                OsStr::new(b),
+                *flags,
+            ))
+        }
+        Op::Symlink(t, l) => errno(std::os::unix::fs::symlink(t, p(l))),
+        Op::Link(a, b) => errno(fs::hard_link(p(a), p(b))),
+        Op::Chmod(f, m) => errno(fs::set_permissions(p(f), fs::Permissions::from_mode(*m))),
+        Op::Chown(f, u, g) => errno(std::os::unix::fs::lchown(p(f), Some(*u), Some(*g))),
+        Op::Truncate(f, n) => errno(
+            fs::OpenOptions::new()
+                .write(true)
+                .open(p(f))
+                .and_then(|h| h.set_len(*n)),
+        ),
+        Op::SetXattr(f, k, v) => errno(xattr::set(p(f), k, v.as_bytes())),
+        Op::RemoveXattr(f, k) => errno(xattr::remove(p(f), k)),
+        Op::Mkfifo(f) => {
+            let ok = std::process::Command::new("mkfifo")
+                .arg(p(f))
+                .output()
+                .unwrap();
+            if ok.status.success() { 0 } else { libc::EEXIST }
+        }
+        Op::Read(f) => errno(fs::read(p(f))),
+        Op::Stat(f) => errno(fs::symlink_metadata(p(f))),
+        Op::CreateNew(f) => errno(
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(p(f)),
+        ),
+        Op::OpenDir(d) => errno(fs::read_dir(p(d))),
+    }
+}
+
+/// The lower layers every scenario starts from (overlay-format whiteouts only: kernel
+/// overlayfs does not read the AUFS format).
+fn populate(f: &Fixture) {
+    let (l0, l1) = (f.lower(0), f.lower(1));
+    put(l1, "etc/passwd", "root:x:0:0");
+    put(l1, "etc/hosts", "127.0.0.1 localhost");
+    put(l1, "etc/conf.d/a", "a");
+    put(l1, "etc/conf.d/b", "b");
+    put(l0, "etc/conf.d/c", "c");
+    put(l0, "etc/hosts", "127.0.0.1 layer0");
+    mkwhiteout(l0, "etc/conf.d/b");
+    put(l1, "opaque/hidden", "h");
+    put(l0, "opaque/shown", "s");
+    xattr::set(l0.join("opaque"), "trusted.overlay.opaque", b"y").unwrap();
+    put(l1, "bin/tool", "#!/bin/sh");
+    fs::set_permissions(l1.join("bin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("tool", l1.join("bin/tool-link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent-layerfs-target", l0.join("abs-link")).unwrap();
+    put(l1, "hard/one", "linked");
+    fs::hard_link(l1.join("hard/one"), l1.join("hard/two")).unwrap();
+    put(l1, "empty-in-lower/.keep", "");
+    fs::remove_file(l1.join("empty-in-lower/.keep")).unwrap();
+    put(l0, "owned", "o");
+    std::os::unix::fs::chown(l0.join("owned"), Some(1000), Some(1000)).unwrap();
+    xattr::set(l0.join("owned"), "user.tag", b"t").unwrap();
+    put(l1, "deep/a/b/c/d", "deep");
+}
+
+fn script() -> Vec<Op> {
+    use Op::*;
+    vec![
+        Read("etc/hosts"),
+        Append("etc/hosts", "\n10.0.0.1 extra"),
+        Write("etc/new", "new file"),
+        Unlink("etc/passwd"),
+        Unlink("etc/passwd"),
+        Stat("etc/passwd"),
+        Rmdir("etc/conf.d"),
+        Unlink("etc/conf.d/a"),
+        Unlink("etc/conf.d/c"),
+        Rmdir("etc/conf.d"),
+        Mkdir("etc/conf.d"),
+        Write("etc/conf.d/fresh", "f"),
+        Mkdir("etc"),
+        Rmdir("etc/new"),
+        Unlink("bin"),
+        Rename("bin/tool", "bin/tool2"),
+        Rename("etc", "etc2"),
+        Rename("opaque/shown", "shown-moved"),
+        Rename2("etc/new", "shown-moved", libc::RENAME_EXCHANGE),
+        Rename2("etc/new", "owned", libc::RENAME_NOREPLACE),
+        Rename2("etc/hosts", "nothing", libc::RENAME_EXCHANGE),
+        Symlink("../etc/hosts", "bin/hosts-link"),
+        Symlink("x", "bin/hosts-link"),
+        Link("hard/one", "hard/three"),
+        Link("etc", "etc-link"),
+        Chmod("owned", 0o600),
+        Chown("bin/tool-link", 12, 34),
+        Chown("owned", 2000, 2000),
+        Truncate("deep/a/b/c/d", 2),
+        SetXattr("owned", "user.second", "2"),
+        RemoveXattr("owned", "user.tag"),
+        RemoveXattr("owned", "user.absent"),
+        Mkfifo("fifo"),
+        CreateNew("owned"),
+        CreateNew("brand-new"),
+        Mkdir("newdir"),
+        Mkdir("newdir/sub"),
+        Write("newdir/sub/f", "x"),
+        Rename("newdir", "newdir-moved"),
+        Rmdir("newdir-moved"),
+        OpenDir("owned"),
+        Rmdir("empty-in-lower"),
+        Mkdir("empty-in-lower"),
+        Read("abs-link"),
+        Stat("abs-link"),
+        Unlink("deep/a/b/c/d"),
+        Rmdir("deep/a/b/c"),
+        Rmdir("deep/a"),
+    ]
+}
+
+/// A comparable description of a tree: path → "type mode uid:gid size content xattrs".
+fn snapshot(root: &Path, raw_upper: bool) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    walk(root, root, raw_upper, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, raw: bool, out: &mut BTreeMap<String, String>) {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let m = fs::symlink_metadata(&p).unwrap();
+        let ft = m.file_type();
+        let (kind, detail) = if ft.is_dir() {
+            ("dir", String::new())
+        } else if ft.is_symlink() {
+            (
+                "link",
+                fs::read_link(&p).unwrap().to_string_lossy().into_owned(),
+            )
+        } else if ft.is_file() {
+            ("file", format!("{:?}", fs::read_to_string(&p).unwrap()))
+        } else if ft.is_char_device() && m.rdev() == 0 {
+            ("whiteout", String::new())
+        } else if ft.is_fifo() {
+            ("fifo", String::new())
+        } else {
+            ("other", format!("{}", m.rdev()))
+        };
+        let mut xattrs: Vec<String> = xattr::list(&p)
+            .map(|l| l.collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("trusted.overlay.") || n == "trusted.overlay.opaque")
+            .filter(|n| !n.starts_with("security."))
+            .map(|n| {
+                let v = xattr::get(&p, &n).ok().flatten().unwrap_or_default();
+                format!("{n}={}", String::from_utf8_lossy(&v))
+            })
+            .collect();
+        xattrs.sort();
+        let size = if ft.is_dir() { 0 } else { m.len() };
+        let nlink = if ft.is_dir() || raw { 0 } else { m.nlink() };
+        out.insert(
+            rel,
+            format!(
+                "{kind} {:o} {}:{} size={size} nlink={nlink} {detail} [{}]",
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid(),
+                xattrs.join(",")
+            ),
+        );
+        if ft.is_dir() {
+            walk(root, &p, raw, out);
+        }
+    }
+}
+
+fn diff(what: &str, a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
+    let mut d = Vec::new();
+    for k in a
+        .keys()
+        .chain(b.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        if a.get(k) != b.get(k) {
+            d.push(format!(
+                "{what} {k}: kernel={:?} layerfs={:?}",
+                a.get(k),
+                b.get(k)
+            ));
+        }
+    }
+    d
+}
+
+fn kernel_mount_options(f: &Fixture) -> Mounted<'_> {
+    f.kernel_mount()
+}
+
+#[test]
+fn script_matches_kernel_overlayfs() {
+    require_fuse!();
+    let kernel = Fixture::new(2);
+    let ours = Fixture::new(2);
+    populate(&kernel);
+    populate(&ours);
+    let ops = script();
+    let (kview, kres) = {
+        let m = kernel_mount_options(&kernel);
+        let res: Vec<i32> = ops.iter().map(|op| apply(&m.path, op)).collect();
+        (snapshot(&m.path, false), res)
+    };
+    let (oview, ores) = {
+        let m = ours.mount();
+        let res: Vec<i32> = ops.iter().map(|op| apply(&m.path, op)).collect();
+        (snapshot(&m.path, false), res)
+    };
+    let mut problems = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        if kres[i] != ores[i] {
+            problems.push(format!(
+                "{op:?}: kernel errno {} layerfs errno {}",
+                kres[i], ores[i]
+            ));
+        }
+    }
+    problems.extend(diff("merged", &kview, &oview));
+    problems.extend(diff(
+        "upper",
+        &snapshot(&kernel.upper, true),
+        &snapshot(&ours.upper, true),
+    ));
+    // The upper layerfs wrote, mounted by the kernel, shows the same tree.
+    {
+        fs::remove_dir_all(&ours.work).unwrap();
+        fs::create_dir(&ours.work).unwrap();
+        let m = kernel_mount_options(&ours);
+        problems.extend(diff(
+            "kernel-mounted layerfs upper",
+            &kview,
+            &snapshot(&m.path, false),
+        ));
+    }
+    // And layerfs reads the upper the kernel wrote.
+    {
+        let m = kernel.mount();
+        problems.extend(diff(
+            "layerfs over kernel upper",
+            &kview,
+            &snapshot(&m.path, false),
+        ));
+    }
+    assert!(problems.is_empty(), "differences:\n{}", problems.join("\n"));
+}
