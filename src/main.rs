@@ -53,9 +53,15 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct MountArgs {
-    /// LOWER[:LOWER...] UPPER MOUNTPOINT, or LOWER[:LOWER...] MOUNTPOINT with --read-only
-    #[arg(value_name = "LAYERS", required = true, num_args = 2..=3)]
-    paths: Vec<OsString>,
+    /// Lower layers, topmost first, separated by ':' ('\:' for a colon in a name)
+    #[arg(value_name = "LOWER[:LOWER...]")]
+    lowers: OsString,
+    /// The upper layer (omitted with --read-only)
+    #[arg(value_name = "UPPER")]
+    second: OsString,
+    /// Where to mount
+    #[arg(value_name = "MOUNTPOINT")]
+    third: Option<OsString>,
     /// Work directory on the upper's filesystem [default: a hidden sibling of UPPER,
     /// .UPPERNAME.layerfs-work]
     #[arg(long, value_name = "DIR")]
@@ -77,9 +83,9 @@ fn apply_common(spec: &mut MountSpec, c: &Common) -> Result<(), UsageError> {
 }
 
 fn mount_form(a: &MountArgs) -> Result<MountSpec, UsageError> {
-    let (lowers, upper, mnt) = match (a.read_only, a.paths.as_slice()) {
-        (true, [l, m]) => (l, None, m),
-        (false, [l, u, m]) => (l, Some(u), m),
+    let (lowers, upper, mnt) = match (a.read_only, &a.third) {
+        (true, None) => (&a.lowers, None, &a.second),
+        (false, Some(m)) => (&a.lowers, Some(&a.second), m),
         (true, _) => return Err(UsageError("--read-only takes LOWERS MOUNTPOINT".into())),
         (false, _) => {
             return Err(UsageError(
