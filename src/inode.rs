@@ -101,7 +101,13 @@ impl Inode {
 
     fn refresh(&self, place: Place) {
         let upper = place.upper;
-        *self.place.write() = place;
+        let mut cur = self.place.write();
+        // A copied-up inode never goes back to a lower place: another name of the same
+        // lower hard link must reach the copy, not the lower object.
+        if cur.upper && !upper {
+            return;
+        }
+        *cur = place;
         if upper {
             self.copied_up.store(true, Ordering::Release);
         }

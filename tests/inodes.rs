@@ -1,0 +1,107 @@
+//! Inode numbers and the inode cache: unique, stable, unchanged by copy-up, shared by hard
+//! links; the daemon's fds stay bounded whatever the tree size.
+mod common;
+use common::*;
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+fn walk(p: &Path, out: &mut Vec<(String, u64)>) {
+    for e in fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        let m = fs::symlink_metadata(e.path()).unwrap();
+        out.push((e.path().to_string_lossy().into_owned(), m.ino()));
+        if m.is_dir() {
+            walk(&e.path(), out);
+        }
+    }
+}
+
+#[test]
+fn unique_stable_and_kept_by_copy_up() {
+    require_fuse!();
+    let f = Fixture::new(2);
+    // Same real inode numbers can occur in different layers; the mount keeps them apart.
+    put(f.lower(0), "a", "0");
+    put(f.lower(1), "b", "1");
+    put(f.lower(1), "d/c", "1");
+    put(&f.upper, "u", "u");
+    let m = f.mount();
+    let mut all = Vec::new();
+    walk(&m.path, &mut all);
+    let mut seen = HashMap::new();
+    for (p, ino) in &all {
+        assert!(seen.insert(*ino, p.clone()).is_none(), "duplicate ino {ino} at {p}");
+    }
+    let before = fs::metadata(m.p("d/c")).unwrap().ino();
+    fs::write(m.p("d/c"), "changed").unwrap();
+    assert_eq!(fs::metadata(m.p("d/c")).unwrap().ino(), before);
+    let dir_before = fs::metadata(m.p("d")).unwrap().ino();
+    assert_eq!(fs::metadata(m.p("d")).unwrap().ino(), dir_before);
+    // Still the same after the kernel drops its caches and looks everything up again.
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    assert_eq!(fs::metadata(m.p("d/c")).unwrap().ino(), before);
+    assert_eq!(fs::metadata(m.p("d")).unwrap().ino(), dir_before);
+}
+
+#[test]
+fn hard_links_share_inode_and_nlink() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    put(f.lower(0), "one", "x");
+    fs::hard_link(f.lower(0).join("one"), f.lower(0).join("two")).unwrap();
+    let m = f.mount();
+    let (a, b) = (fs::metadata(m.p("one")).unwrap(), fs::metadata(m.p("two")).unwrap());
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!(a.nlink(), 2);
+    fs::create_dir(m.p("sub")).unwrap();
+    assert_eq!(fs::metadata(m.p("sub")).unwrap().nlink(), 2);
+    // Writing one name copies it up; the lower stays untouched and no name ever
+    // reaches into the lower layer for writing.
+    fs::write(m.p("one"), "new").unwrap();
+    assert_eq!(read(m.p("one")), "new");
+    fs::write(m.p("two"), "newer").unwrap();
+    assert_eq!(read(f.lower(0).join("one")), "x");
+    assert_eq!(read(f.lower(0).join("two")), "x");
+}
+
+fn daemon_pid(mnt: &Path) -> u32 {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", &format!("layerfs.* {}( |$)", mnt.display())])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .next()
+        .expect("daemon process")
+        .parse()
+        .unwrap()
+}
+
+fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[test]
+fn fds_stay_bounded_over_a_big_tree() {
+    require_fuse!();
+    let f = Fixture::new(2);
+    for layer in 0..2 {
+        for d in 0..100 {
+            let dir = f.lower(layer).join(format!("d{d}"));
+            fs::create_dir(&dir).unwrap();
+            for i in 0..500 {
+                fs::write(dir.join(format!("f{layer}-{i}")), "").unwrap();
+            }
+        }
+    }
+    let m = f.mount();
+    let pid = daemon_pid(&m.path);
+    let mut all = Vec::new();
+    walk(&m.path, &mut all);
+    assert_eq!(all.len(), 100 + 100 * 1000);
+    let fds = fd_count(pid);
+    assert!(fds < 64, "daemon holds {fds} fds after walking 100,000 files");
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests and the integration tests that mount layerfs (and kernel
+# overlayfs as the reference). Needs root, /dev/fuse and overlayfs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CI="${CI:-false}"
+# Integration tests mount in parallel; each uses its own temp directories.
+cargo test --release -- --test-threads=4
