@@ -32,7 +32,10 @@ fn unique_stable_and_kept_by_copy_up() {
     walk(&m.path, &mut all);
     let mut seen = HashMap::new();
     for (p, ino) in &all {
-        assert!(seen.insert(*ino, p.clone()).is_none(), "duplicate ino {ino} at {p}");
+        assert!(
+            seen.insert(*ino, p.clone()).is_none(),
+            "duplicate ino {ino} at {p}"
+        );
     }
     let before = fs::metadata(m.p("d/c")).unwrap().ino();
     fs::write(m.p("d/c"), "changed").unwrap();
@@ -52,7 +55,10 @@ fn hard_links_share_inode_and_nlink() {
     put(f.lower(0), "one", "x");
     fs::hard_link(f.lower(0).join("one"), f.lower(0).join("two")).unwrap();
     let m = f.mount();
-    let (a, b) = (fs::metadata(m.p("one")).unwrap(), fs::metadata(m.p("two")).unwrap());
+    let (a, b) = (
+        fs::metadata(m.p("one")).unwrap(),
+        fs::metadata(m.p("two")).unwrap(),
+    );
     assert_eq!(a.ino(), b.ino());
     assert_eq!(a.nlink(), 2);
     fs::create_dir(m.p("sub")).unwrap();
@@ -103,5 +109,8 @@ fn fds_stay_bounded_over_a_big_tree() {
     walk(&m.path, &mut all);
     assert_eq!(all.len(), 100 + 100 * 1000);
     let fds = fd_count(pid);
-    assert!(fds < 64, "daemon holds {fds} fds after walking 100,000 files");
+    assert!(
+        fds < 64,
+        "daemon holds {fds} fds after walking 100,000 files"
+    );
 }
