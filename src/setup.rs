@@ -24,7 +24,12 @@ fn fail<T>(msg: impl Into<String>) -> Result<T, UsageError> {
 fn existing_dir(what: &str, p: &Path) -> Result<PathBuf, UsageError> {
     let meta = match std::fs::metadata(p) {
         Ok(m) => m,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+            ) =>
+        {
             return fail(format!(
                 "{what} {}: a dead FUSE mount (transport endpoint is not connected); \
                  clear it with 'layerfs umount {}'",

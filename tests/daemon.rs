@@ -1,0 +1,160 @@
+//! The daemon's life: it detaches once serving, exits 0 on an external umount, unmounts on
+//! SIGTERM/SIGINT, and a dead mount left by a killed daemon is recovered.
+mod common;
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn daemon_pid(mnt: &Path) -> u32 {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("layerfs.* {}( |$)", mnt.display())])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .next()
+        .expect("daemon process")
+        .parse()
+        .unwrap()
+}
+
+/// Waits (bounded) until `cond` holds.
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+fn kill(pid: u32, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[test]
+fn stop_signals_unmount() {
+    require_fuse!();
+    for sig in ["-TERM", "-INT", "-HUP"] {
+        let f = Fixture::new(1);
+        put(f.lower(0), "a", "x");
+        let m = f.mount();
+        let pid = daemon_pid(&m.path);
+        let _open = fs::File::open(m.p("a")).unwrap();
+        kill(pid, sig);
+        eventually("daemon exit", || !alive(pid));
+        eventually("unmounted", || !is_mounted(&f.mnt));
+    }
+}
+
+#[test]
+fn external_umount_ends_daemon_with_status_zero() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    put(f.lower(0), "a", "x");
+    let mut child = Command::new(BIN)
+        .arg("mount")
+        .arg(f.lowerdir())
+        .arg(&f.upper)
+        .arg(&f.mnt)
+        .arg("--workdir")
+        .arg(&f.work)
+        .arg("-f")
+        .spawn()
+        .unwrap();
+    eventually("mounted", || is_mounted(&f.mnt));
+    assert_eq!(read(f.mnt.join("a")), "x");
+    assert!(
+        Command::new("umount")
+            .arg(&f.mnt)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn dead_mount_is_recovered() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    put(f.lower(0), "a", "x");
+    let m = f.mount();
+    let pid = daemon_pid(&m.path);
+    kill(pid, "-KILL");
+    eventually("daemon gone", || !alive(pid));
+    let e = errno(fs::metadata(&f.mnt));
+    assert!(e == libc::ENOTCONN || e == libc::ECONNABORTED, "errno {e}");
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(f.lowerdir())
+        .arg(&f.upper)
+        .arg(&f.mnt)
+        .arg("--workdir")
+        .arg(&f.work)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("dead FUSE mount") && err.contains("layerfs umount"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .arg("umount")
+        .arg(&f.mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&f.mnt));
+    drop(m);
+    let m = f.mount();
+    assert_eq!(read(m.p("a")), "x");
+}
+
+#[test]
+fn umount_of_busy_mount_needs_lazy() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    put(f.lower(0), "a", "x");
+    let m = f.mount();
+    let pid = daemon_pid(&m.path);
+    let open = fs::File::open(m.p("a")).unwrap();
+    let out = Command::new(BIN)
+        .arg("umount")
+        .arg(&f.mnt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("busy"));
+    let out = Command::new(BIN)
+        .args(["umount", "-l"])
+        .arg(&f.mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    drop(open);
+    eventually("daemon exit", || !alive(pid));
+}
