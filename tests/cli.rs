@@ -251,3 +251,29 @@ impl Drop for Installed {
         }
     }
 }
+
+#[test]
+fn no_access_to_dev_fuse() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(f.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    for d in [f.lower(0), &f.upper, &f.work, &f.mnt] {
+        std::os::unix::fs::chown(d, Some(1000), Some(1000)).unwrap();
+    }
+    let before = tree(f.dir.path());
+    let out = Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", BIN, "mount"])
+        .arg(f.lowerdir())
+        .arg(&f.upper)
+        .arg(&f.mnt)
+        .arg("--workdir")
+        .arg(&f.work)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/dev/fuse"), "{err}");
+    assert_eq!(tree(f.dir.path()), before);
+}
