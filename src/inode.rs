@@ -34,6 +34,9 @@ pub struct Place {
     /// into it (down to the first opaque one); for anything else at most one, and none once
     /// it is copied up.
     pub lowers: Vec<LayerId>,
+    /// Other names of a hard-linked object seen by lookups, so that removing the name above
+    /// leaves the inode reachable through another.
+    pub other_names: Vec<(Ino, OsString)>,
 }
 
 impl Place {
@@ -92,14 +95,33 @@ impl Inode {
         self.copied_up.store(true, Ordering::Release);
     }
 
-    /// Moves the inode to a new name (rename).
-    pub fn set_name(&self, parent: Ino, name: &OsStr) {
+    /// Moves the name `old_parent/old_name` of the inode to `parent/name` (rename).
+    pub fn rename(&self, old_parent: Ino, old_name: &OsStr, parent: Ino, name: &OsStr) {
         let mut p = self.place.write();
-        p.parent = parent;
-        p.name = name.to_os_string();
+        let new = (parent, name.to_os_string());
+        if p.parent == old_parent && p.name == old_name {
+            (p.parent, p.name) = new;
+        } else {
+            p.other_names
+                .retain(|(i, n)| !(*i == old_parent && n == old_name));
+            p.other_names.push(new);
+        }
     }
 
-    fn refresh(&self, place: Place) {
+    /// Forgets the name `parent/name` (unlinked or replaced); another known name, if any,
+    /// takes its place.
+    pub fn drop_name(&self, parent: Ino, name: &OsStr) {
+        let mut p = self.place.write();
+        if p.parent == parent && p.name == name {
+            if let Some((i, n)) = p.other_names.pop() {
+                (p.parent, p.name) = (i, n);
+            }
+        } else {
+            p.other_names.retain(|(i, n)| !(*i == parent && n == name));
+        }
+    }
+
+    fn refresh(&self, mut place: Place) {
         let upper = place.upper;
         let mut cur = self.place.write();
         // A copied-up inode never goes back to a lower place: another name of the same
@@ -107,6 +129,12 @@ impl Inode {
         if cur.upper && !upper {
             return;
         }
+        let mut others = std::mem::take(&mut cur.other_names);
+        if (cur.parent, &cur.name) != (place.parent, &place.name) && !cur.name.is_empty() {
+            others.push((cur.parent, std::mem::take(&mut cur.name)));
+        }
+        others.retain(|(i, n)| !(*i == place.parent && *n == place.name));
+        place.other_names = others;
         *cur = place;
         if upper {
             self.copied_up.store(true, Ordering::Release);
@@ -237,6 +265,7 @@ mod tests {
             name: name.into(),
             upper: false,
             lowers: vec![1],
+            other_names: Vec::new(),
         }
     }
 
@@ -254,6 +283,19 @@ mod tests {
         t.forget(ROOT, 5);
         assert!(t.get(ROOT).is_ok());
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn hard_link_names_survive_removal_of_one() {
+        let t = InodeTable::new(place(ROOT, ""));
+        t.remember(10, libc::S_IFDIR, place(ROOT, "d"));
+        let i = t.remember(20, libc::S_IFREG, place(ROOT, "a"));
+        t.remember(20, libc::S_IFREG, place(10, "b"));
+        assert_eq!(t.path(20).unwrap(), PathBuf::from("d/b"));
+        i.drop_name(10, OsStr::new("b"));
+        assert_eq!(t.path(20).unwrap(), PathBuf::from("a"));
+        i.rename(ROOT, OsStr::new("a"), 10, OsStr::new("c"));
+        assert_eq!(t.path(20).unwrap(), PathBuf::from("d/c"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ struct Slot {
     name: OsString,
     /// The whiteout at the name in the upper layer, to be replaced.
     over: Option<WhiteoutFormat>,
-    /// Whether a whiteout hid the name, so a new directory there must be opaque.
+    /// Whether an upper whiteout hid the name, so a new directory there must be opaque.
     opaque: bool,
 }
 
@@ -78,10 +78,9 @@ impl LayerFs {
         let upper = self.layers.writable()?;
         let (over, opaque) = match self.resolve(parent, name)? {
             Resolved::Found { .. } => return Err(errno(libc::EEXIST)),
-            Resolved::Missing {
-                upper_whiteout,
-                whiteout_seen,
-            } => (upper_whiteout, whiteout_seen),
+            // As on the kernel, only a whiteout in the upper makes a new directory opaque:
+            // one in a lower layer already stops the merge below it.
+            Resolved::Missing { upper_whiteout, .. } => (upper_whiteout, upper_whiteout.is_some()),
         };
         self.copy_up(parent, CopyData::Full)?;
         let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
@@ -239,6 +238,7 @@ impl LayerFs {
         let upper = self.layers.writable()?;
         let parent = self.node(parent)?;
         let (st, place) = self.existing(&parent, name)?;
+        let ino = self.ino_of(&st, &place)?;
         match (is_dir(&st), want_dir) {
             (true, false) => return Err(errno(libc::EISDIR)),
             (false, true) => return Err(errno(libc::ENOTDIR)),
@@ -262,7 +262,16 @@ impl LayerFs {
             let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
             whiteout::make_whiteout(dir.as_fd(), name, self.cfg.whiteout)?;
         }
+        if let Ok(node) = self.node(ino) {
+            node.drop_name(parent.ino, name);
+        }
         Ok(())
+    }
+
+    /// The inode number the mount shows for a resolved object.
+    fn ino_of(&self, st: &Stat, place: &Place) -> io::Result<Ino> {
+        let top = place.top().ok_or_else(|| errno(libc::ENOENT))?;
+        Ok(self.ino_for(top, st.st_ino))
     }
 
     pub fn unlink(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
@@ -273,10 +282,8 @@ impl LayerFs {
         self.remove(parent, name, true)
     }
 
-    fn node_for(&self, parent: &Inode, st: &Stat, place: Place) -> io::Result<Arc<Inode>> {
-        let _ = parent;
-        let top = place.top().ok_or_else(|| errno(libc::ENOENT))?;
-        let ino = self.ino_for(top, st.st_ino);
+    fn node_for(&self, st: &Stat, place: Place) -> io::Result<Arc<Inode>> {
+        let ino = self.ino_of(st, &place)?;
         Ok(self
             .inodes
             .existing_or_transient(ino, st.st_mode & libc::S_IFMT, place))
@@ -322,29 +329,34 @@ impl LayerFs {
         if dst.is_none() && exchange {
             return Err(errno(libc::ENOENT));
         }
+        // The order of the checks is the kernel's: the VFS type checks, then EXDEV for
+        // directories that cannot move, then emptiness of the replaced directory.
         let src_dir = is_dir(&sst);
-        if let Some((dst_st, dplace)) = &dst {
-            let dst_dir = is_dir(dst_st);
-            if !exchange {
-                match (src_dir, dst_dir) {
-                    (true, false) => return Err(errno(libc::ENOTDIR)),
-                    (false, true) => return Err(errno(libc::EISDIR)),
-                    _ => {}
-                }
-                if dst_dir
-                    && !self.is_empty_dir(&self.path_of(newparent.ino)?.join(newname), dplace)?
-                {
-                    return Err(errno(libc::ENOTEMPTY));
-                }
-            } else if dst_dir && !dplace.lowers.is_empty() {
-                return Err(errno(libc::EXDEV));
+        if let Some((dst_st, _)) = &dst
+            && !exchange
+        {
+            match (src_dir, is_dir(dst_st)) {
+                (true, false) => return Err(errno(libc::ENOTDIR)),
+                (false, true) => return Err(errno(libc::EISDIR)),
+                _ => {}
             }
         }
         if src_dir && !splace.lowers.is_empty() {
             return Err(errno(libc::EXDEV));
         }
+        if let Some((dst_st, dplace)) = &dst {
+            if is_dir(dst_st) && exchange && !dplace.lowers.is_empty() {
+                return Err(errno(libc::EXDEV));
+            }
+            if is_dir(dst_st)
+                && !exchange
+                && !self.is_empty_dir(&self.path_of(newparent.ino)?.join(newname), dplace)?
+            {
+                return Err(errno(libc::ENOTEMPTY));
+            }
+        }
         let src_below = !splace.lowers.is_empty() || self.lower_visible(&parent, name)?;
-        let snode = self.node_for(&parent, &sst, splace)?;
+        let snode = self.node_for(&sst, splace)?;
         self.copy_up(&snode, CopyData::Full)?;
         self.copy_up(&newparent, CopyData::Full)?;
         let sdir = upper.open_dir(&self.path_of(parent.ino)?)?;
@@ -352,7 +364,7 @@ impl LayerFs {
 
         if exchange {
             let (dst_st, dplace) = dst.ok_or_else(|| errno(libc::ENOENT))?;
-            let dnode = self.node_for(&newparent, &dst_st, dplace)?;
+            let dnode = self.node_for(&dst_st, dplace)?;
             self.copy_up(&dnode, CopyData::Full)?;
             sys::renameat2(
                 sdir.as_fd(),
@@ -361,8 +373,8 @@ impl LayerFs {
                 newname,
                 libc::RENAME_EXCHANGE,
             )?;
-            snode.set_name(newparent.ino, newname);
-            dnode.set_name(parent.ino, name);
+            snode.rename(parent.ino, name, newparent.ino, newname);
+            dnode.rename(newparent.ino, newname, parent.ino, name);
             if src_dir && is_merged(&newparent) {
                 self.mark_opaque(ddir.as_fd(), newname)?;
             }
@@ -430,7 +442,12 @@ impl LayerFs {
         if src_below && !old_name_whited {
             whiteout::make_whiteout(sdir.as_fd(), name, self.cfg.whiteout)?;
         }
-        snode.set_name(newparent.ino, newname);
+        if let Some((dst_st, dplace)) = &dst
+            && let Ok(dnode) = self.node(self.ino_of(dst_st, dplace)?)
+        {
+            dnode.drop_name(newparent.ino, newname);
+        }
+        snode.rename(parent.ino, name, newparent.ino, newname);
         if src_dir && is_merged(&newparent) {
             self.mark_opaque(ddir.as_fd(), newname)?;
         }

@@ -66,8 +66,6 @@ pub(crate) enum Resolved {
     Missing {
         /// The whiteout in the upper layer that hides the name, if any.
         upper_whiteout: Option<WhiteoutFormat>,
-        /// Whether a whiteout (in any layer) hides the name.
-        whiteout_seen: bool,
     },
 }
 
@@ -114,6 +112,7 @@ impl LayerFs {
             name: OsString::new(),
             upper: layers.upper().is_some(),
             lowers,
+            other_names: Vec::new(),
         };
         Ok(LayerFs {
             layers,
@@ -172,7 +171,6 @@ impl LayerFs {
         let ppath = self.inodes.path(parent.ino)?;
         let mut found: Option<(Stat, Place)> = None;
         let mut upper_whiteout = None;
-        let mut whiteout_seen = false;
         let all: Vec<LayerId> = pplace.layers().collect();
         for (i, &lid) in all.iter().enumerate() {
             let dir = match self.layers.get(lid).open_dir(&ppath) {
@@ -187,7 +185,6 @@ impl LayerFs {
                         if found.is_none() && self.layers.is_upper(lid) {
                             upper_whiteout = Some(WhiteoutFormat::Aufs);
                         }
-                        whiteout_seen = true;
                         break;
                     }
                     continue;
@@ -198,7 +195,6 @@ impl LayerFs {
                 if found.is_none() && self.layers.is_upper(lid) {
                     upper_whiteout = Some(WhiteoutFormat::Overlay);
                 }
-                whiteout_seen = true;
                 break;
             }
             let last = i + 1 == all.len();
@@ -213,6 +209,7 @@ impl LayerFs {
                         } else {
                             vec![lid]
                         },
+                        other_names: Vec::new(),
                     };
                     let dir_here = is_dir(&st);
                     found = Some((st, place));
@@ -236,10 +233,7 @@ impl LayerFs {
                 st: Box::new(st),
                 place,
             },
-            None => Resolved::Missing {
-                upper_whiteout,
-                whiteout_seen,
-            },
+            None => Resolved::Missing { upper_whiteout },
         })
     }
 

@@ -263,7 +263,13 @@ fn no_access_to_dev_fuse() {
     }
     let before = tree(f.dir.path());
     let out = Command::new("setpriv")
-        .args(["--reuid=1000", "--regid=1000", "--clear-groups", BIN, "mount"])
+        .args([
+            "--reuid=1000",
+            "--regid=1000",
+            "--clear-groups",
+            BIN,
+            "mount",
+        ])
         .arg(f.lowerdir())
         .arg(&f.upper)
         .arg(&f.mnt)

@@ -19,8 +19,7 @@ fn parallel_copy_up_of_one_file() {
             let p = p.clone();
             s.spawn(move || {
                 let h = fs::OpenOptions::new().write(true).open(&p).unwrap();
-                std::os::unix::fs::FileExt::write_all_at(&h, &[b'0' + i as u8], i * 4096)
-                    .unwrap();
+                std::os::unix::fs::FileExt::write_all_at(&h, &[b'0' + i as u8], i * 4096).unwrap();
             });
         }
     });
@@ -103,7 +102,12 @@ fn random_operations_from_many_threads() {
         for e in fs::read_dir(&d).unwrap() {
             let e = e.unwrap();
             let st = fs::symlink_metadata(e.path()).unwrap();
-            assert_eq!(e.file_type().unwrap().is_dir(), st.is_dir(), "{:?}", e.path());
+            assert_eq!(
+                e.file_type().unwrap().is_dir(),
+                st.is_dir(),
+                "{:?}",
+                e.path()
+            );
         }
     }
     assert!(names(&f.work.join("work")).is_empty());

@@ -254,20 +254,15 @@ fn diff(what: &str, a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) 
     d
 }
 
-fn kernel_mount_options(f: &Fixture) -> Mounted<'_> {
-    f.kernel_mount()
-}
-
-#[test]
-fn script_matches_kernel_overlayfs() {
-    require_fuse!();
+/// Runs `ops` on kernel overlayfs and on layerfs over identical layers and lists every
+/// difference: errnos, merged views, upper directories, and each upper mounted by the other.
+fn compare(ops: &[Op]) -> Vec<String> {
     let kernel = Fixture::new(2);
     let ours = Fixture::new(2);
     populate(&kernel);
     populate(&ours);
-    let ops = script();
     let (kview, kres) = {
-        let m = kernel_mount_options(&kernel);
+        let m = kernel.kernel_mount();
         let res: Vec<i32> = ops.iter().map(|op| apply(&m.path, op)).collect();
         (snapshot(&m.path, false), res)
     };
@@ -280,7 +275,7 @@ fn script_matches_kernel_overlayfs() {
     for (i, op) in ops.iter().enumerate() {
         if kres[i] != ores[i] {
             problems.push(format!(
-                "{op:?}: kernel errno {} layerfs errno {}",
+                "op {i} {op:?}: kernel errno {} layerfs errno {}",
                 kres[i], ores[i]
             ));
         }
@@ -295,9 +290,9 @@ fn script_matches_kernel_overlayfs() {
     {
         fs::remove_dir_all(&ours.work).unwrap();
         fs::create_dir(&ours.work).unwrap();
-        let m = kernel_mount_options(&ours);
+        let m = ours.kernel_mount();
         problems.extend(diff(
-            "kernel-mounted layerfs upper",
+            "kernel over layerfs upper",
             &kview,
             &snapshot(&m.path, false),
         ));
@@ -311,5 +306,106 @@ fn script_matches_kernel_overlayfs() {
             &snapshot(&m.path, false),
         ));
     }
+    problems
+}
+
+#[test]
+fn script_matches_kernel_overlayfs() {
+    require_fuse!();
+    let problems = compare(&script());
     assert!(problems.is_empty(), "differences:\n{}", problems.join("\n"));
+}
+
+/// Paths the random sequences work on: existing lower content, and names to create.
+const PATHS: &[&str] = &[
+    "etc",
+    "etc/hosts",
+    "etc/passwd",
+    "etc/conf.d",
+    "etc/conf.d/a",
+    "etc/conf.d/b",
+    "etc/conf.d/c",
+    "opaque",
+    "opaque/shown",
+    "opaque/hidden",
+    "bin",
+    "bin/tool",
+    "bin/tool-link",
+    "owned",
+    "deep",
+    "deep/a",
+    "deep/a/b",
+    "deep/a/b/c",
+    "deep/a/b/c/d",
+    "empty-in-lower",
+    "n1",
+    "n2",
+    "etc/n3",
+    "bin/n4",
+    "deep/a/n5",
+    "n1/x",
+    "n2/y",
+];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn path(&mut self) -> &'static str {
+        PATHS[(self.next() % PATHS.len() as u64) as usize]
+    }
+}
+
+fn random_ops(seed: u64, n: usize) -> Vec<Op> {
+    let mut r = Rng(seed.wrapping_mul(0x9e3779b97f4a7c15) | 1);
+    (0..n)
+        .map(|_| match r.next() % 16 {
+            0 => Op::Write(r.path(), "w"),
+            1 => Op::Append(r.path(), "+"),
+            2 => Op::Mkdir(r.path()),
+            3 => Op::Rmdir(r.path()),
+            4 => Op::Unlink(r.path()),
+            5 => Op::Rename(r.path(), r.path()),
+            6 => Op::Rename2(r.path(), r.path(), libc::RENAME_NOREPLACE),
+            7 => Op::Rename2(r.path(), r.path(), libc::RENAME_EXCHANGE),
+            8 => Op::Symlink("target", r.path()),
+            9 => Op::Link(r.path(), r.path()),
+            10 => Op::Chmod(r.path(), 0o700),
+            11 => Op::Truncate(r.path(), 1),
+            12 => Op::SetXattr(r.path(), "user.r", "v"),
+            13 => Op::RemoveXattr(r.path(), "user.tag"),
+            14 => Op::Read(r.path()),
+            _ => Op::CreateNew(r.path()),
+        })
+        .collect()
+}
+
+/// Seeded random sequences (`LAYERFS_DIFF_SEQUENCES` of them, default 12); a failure names
+/// the seed, and `LAYERFS_DIFF_SEED` repeats one.
+#[test]
+fn random_sequences_match_kernel_overlayfs() {
+    require_fuse!();
+    let seeds: Vec<u64> = match std::env::var("LAYERFS_DIFF_SEED") {
+        Ok(s) => vec![s.parse().unwrap()],
+        Err(_) => {
+            let n = std::env::var("LAYERFS_DIFF_SEQUENCES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(12);
+            (1..=n).collect()
+        }
+    };
+    for seed in seeds {
+        let ops = random_ops(seed, 40);
+        let problems = compare(&ops);
+        assert!(
+            problems.is_empty(),
+            "seed {seed} (rerun with LAYERFS_DIFF_SEED={seed}):\n{}\nops: {ops:#?}",
+            problems.join("\n")
+        );
+    }
 }

@@ -10,7 +10,14 @@ use std::process::{Command, Output};
 /// Runs a shell command as uid/gid 1000 (no supplementary groups).
 fn as_user(script: &str) -> Output {
     Command::new("setpriv")
-        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "sh", "-c", script])
+        .args([
+            "--reuid=1000",
+            "--regid=1000",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
         .output()
         .unwrap()
 }
@@ -35,10 +42,18 @@ fn new_objects_belong_to_the_caller() {
         "cd {} && echo hi > file && mkdir dir && ln -s file link && mkfifo fifo",
         d.display()
     ));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for n in ["file", "dir", "link", "fifo"] {
         assert_eq!(owner(&d.join(n)), (1000, 1000), "{n} in the mount");
-        assert_eq!(owner(&f.upper.join("pub").join(n)), (1000, 1000), "{n} in the upper");
+        assert_eq!(
+            owner(&f.upper.join("pub").join(n)),
+            (1000, 1000),
+            "{n} in the upper"
+        );
     }
     // Modes are enforced by the kernel.
     let out = as_user(&format!("cat {}", m.p("secret").display()));
@@ -71,13 +86,21 @@ fn setgid_directories_and_setuid_bits() {
         "cd {} && touch f && mkdir sub",
         m.p("group").display()
     ));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(owner(&m.p("group/f")), (1000, 500));
     let sub = fs::metadata(m.p("group/sub")).unwrap();
     assert_eq!((sub.uid(), sub.gid()), (1000, 500));
     assert!(sub.mode() & 0o2000 != 0, "subdirectory inherits setgid");
     // A write by another user drops the setuid bit, as the kernel does.
     let out = as_user(&format!("echo x >> {}", m.p("suid").display()));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(fs::metadata(m.p("suid")).unwrap().mode() & 0o4000, 0);
 }
