@@ -31,20 +31,6 @@ fn parallel_copy_up_of_one_file() {
     assert!(names(&f.work.join("work")).is_empty());
 }
 
-/// A tiny deterministic generator (xorshift), so a failing run can be repeated.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn pick(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 #[test]
 fn random_operations_from_many_threads() {
     require_fuse!();
@@ -64,7 +50,7 @@ fn random_operations_from_many_threads() {
             let stop = Arc::clone(&stop);
             let root = root.clone();
             s.spawn(move || {
-                let mut r = Rng(seed ^ (t + 1).wrapping_mul(0x2545f4914f6cdd1d));
+                let mut r = Rng::new(seed ^ (t + 1));
                 while !stop.load(Ordering::Relaxed) {
                     let d = format!("d{}", r.pick(8));
                     let n = format!("{d}/n{}", r.pick(6));

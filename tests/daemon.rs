@@ -3,23 +3,8 @@
 mod common;
 use common::*;
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn daemon_pid(mnt: &Path) -> u32 {
-    let out = Command::new("pgrep")
-        .args(["-f", &format!("layerfs.* {}( |$)", mnt.display())])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .next()
-        .expect("daemon process")
-        .parse()
-        .unwrap()
-}
 
 /// Waits (bounded) until `cond` holds.
 fn eventually(what: &str, cond: impl Fn() -> bool) {

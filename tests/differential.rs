@@ -347,21 +347,18 @@ const PATHS: &[&str] = &[
     "n2/y",
 ];
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
+trait PickPath {
+    fn path(&mut self) -> &'static str;
+}
+
+impl PickPath for Rng {
     fn path(&mut self) -> &'static str {
         PATHS[(self.next() % PATHS.len() as u64) as usize]
     }
 }
 
 fn random_ops(seed: u64, n: usize) -> Vec<Op> {
-    let mut r = Rng(seed.wrapping_mul(0x9e3779b97f4a7c15) | 1);
+    let mut r = Rng::new(seed);
     (0..n)
         .map(|_| match r.next() % 16 {
             0 => Op::Write(r.path(), "w"),

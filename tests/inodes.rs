@@ -72,20 +72,6 @@ fn hard_links_share_inode_and_nlink() {
     assert_eq!(read(f.lower(0).join("two")), "x");
 }
 
-fn daemon_pid(mnt: &Path) -> u32 {
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", &format!("layerfs.* {}( |$)", mnt.display())])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .next()
-        .expect("daemon process")
-        .parse()
-        .unwrap()
-}
-
 fn fd_count(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }

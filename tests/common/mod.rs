@@ -264,3 +264,38 @@ pub fn mkwhiteout(root: &Path, rel: &str) {
         .unwrap();
     assert!(st.success());
 }
+
+/// The pid of the layerfs daemon serving `mnt`.
+pub fn daemon_pid(mnt: &Path) -> u32 {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("layerfs.* {}( |$)", mnt.display())])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .next()
+        .expect("daemon process")
+        .parse()
+        .unwrap()
+}
+
+/// A tiny deterministic generator (xorshift), so a failing run repeats from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e3779b97f4a7c15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn pick(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
