@@ -12,9 +12,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use crate::inode::Inode;
+use crate::inode::{Ino, Inode};
 use crate::sys::{self, SetTime, Stat};
-use crate::union::{LayerFs, errno};
+use crate::union::{LayerFs, Resolved, errno};
 use crate::whiteout;
 
 /// Whether a copy-up carries the file's content (not needed before a truncate to zero).
@@ -64,14 +64,41 @@ impl LayerFs {
             return Err(e);
         }
         restore_times(dst_dir.as_fd(), OsStr::new(""), &parent_st)?;
-        // Keep the inode number the mount showed, unless the lower object is a hard link
-        // that stays visible under other names.
-        if node.is_dir() || st.st_nlink == 1 {
-            let new = sys::fstatat(dst_dir.as_fd(), &place.name)?;
-            self.aliases.insert(new.st_ino, node.ino);
-        }
+        // Keep the inode number the mount showed.
+        let new = sys::fstatat(dst_dir.as_fd(), &place.name)?;
+        self.aliases.insert(new.st_ino, node.ino);
         node.set_upper();
+        if !node.is_dir() && st.st_nlink > 1 {
+            // All names of a lower hard link are one inode: the other names follow the copy.
+            node.pin();
+            for (p, n) in node.place().other_names {
+                if let Err(e) = self.link_lower_name(node, p, &n) {
+                    log::debug!("linking {n:?} to its copied-up hard link: {e}");
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Replaces the lower name `parent/name` of the copied-up hard link `node` by an upper
+    /// hard link to the copy (what kernel overlayfs does with `index=on`).
+    pub(crate) fn link_lower_name(
+        &self,
+        node: &Arc<Inode>,
+        parent: Ino,
+        name: &OsStr,
+    ) -> io::Result<()> {
+        let parent = self.node(parent)?;
+        match self.resolve(&parent, name)? {
+            Resolved::Found { st, place }
+                if !place.upper && self.ino_for(place.lowers[0], st.st_ino) == node.ino => {}
+            _ => return Ok(()),
+        }
+        self.copy_up(&parent, CopyData::Full)?;
+        let upper = self.layers.writable()?;
+        let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
+        let (src_dir, src_name) = self.parent_fd(0, node)?;
+        sys::linkat(src_dir.as_fd(), &src_name, dir.as_fd(), name)
     }
 }
 

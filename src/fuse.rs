@@ -146,9 +146,9 @@ impl Filesystem for FuseFs {
         self.0.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         debug!("getattr {}", ino.0);
-        match self.0.getattr(ino.0) {
+        match self.0.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno("getattr", e)),
         }

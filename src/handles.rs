@@ -87,6 +87,14 @@ impl<T> HandleTable<T> {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
     }
 
+    /// Some handle matching `pred` (a scan: for rare paths only).
+    pub fn find(&self, pred: impl Fn(&T) -> bool) -> Option<Arc<T>> {
+        self.map
+            .iter()
+            .find(|e| pred(e.value()))
+            .map(|e| Arc::clone(e.value()))
+    }
+
     pub fn remove(&self, fh: u64) {
         self.map.remove(&fh);
     }

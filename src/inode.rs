@@ -70,6 +70,9 @@ pub struct Inode {
     copied_up: AtomicBool,
     /// Serialises copy-ups of this inode.
     pub copy_lock: Mutex<()>,
+    /// Kept in the table even at lookup count zero: a copied-up lower hard link, whose
+    /// other names must keep finding the copy.
+    pinned: AtomicBool,
 }
 
 impl Inode {
@@ -79,6 +82,11 @@ impl Inode {
 
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
+    }
+
+    /// Keeps the inode in the table for the mount's life.
+    pub fn pin(&self) {
+        self.pinned.store(true, Ordering::Release);
     }
 
     pub fn in_upper(&self) -> bool {
@@ -166,6 +174,7 @@ impl InodeTable {
                 place: RwLock::new(root),
                 copied_up: AtomicBool::new(upper),
                 copy_lock: Mutex::new(()),
+                pinned: AtomicBool::new(false),
             }),
         );
         InodeTable { map }
@@ -189,6 +198,7 @@ impl InodeTable {
                 place: RwLock::new(place.clone()),
                 copied_up: AtomicBool::new(place.upper),
                 copy_lock: Mutex::new(()),
+                pinned: AtomicBool::new(false),
             })
         });
         let inode = Arc::clone(&entry);
@@ -212,6 +222,7 @@ impl InodeTable {
             place: RwLock::new(place),
             copied_up: AtomicBool::new(upper),
             copy_lock: Mutex::new(()),
+            pinned: AtomicBool::new(false),
         })
     }
 
@@ -227,7 +238,7 @@ impl InodeTable {
                     Some(c.saturating_sub(n))
                 })
                 .unwrap_or(0);
-            prev <= n
+            prev <= n && !inode.pinned.load(Ordering::Acquire)
         });
     }
 

@@ -243,11 +243,27 @@ impl LayerFs {
         self.lookup_in(&parent, name).map(|(_, a)| a)
     }
 
-    pub(crate) fn lookup_in(&self, parent: &Inode, name: &OsStr) -> io::Result<(Arc<Inode>, Attr)> {
+    pub(crate) fn lookup_in(
+        &self,
+        parent: &Arc<Inode>,
+        name: &OsStr,
+    ) -> io::Result<(Arc<Inode>, Attr)> {
         if whiteout::is_reserved_name(name) {
             return Err(errno(libc::ENOENT));
         }
-        match self.resolve(parent, name)? {
+        let mut resolved = self.resolve(parent, name)?;
+        if let Resolved::Found { st, place } = &resolved
+            && !place.upper
+            && st.st_nlink > 1
+            && !is_dir(st)
+            && let Ok(node) = self.node(self.ino_for(place.lowers[0], st.st_ino))
+            && node.in_upper()
+        {
+            // Another name of a copied-up lower hard link: link it to the copy first.
+            self.link_lower_name(&node, parent.ino, name)?;
+            resolved = self.resolve(parent, name)?;
+        }
+        match resolved {
             Resolved::Found { st, place } => {
                 let top = place.top().ok_or_else(|| errno(libc::ENOENT))?;
                 let ino = self.ino_for(top, st.st_ino);
@@ -263,16 +279,31 @@ impl LayerFs {
         self.inodes.forget(ino, n);
     }
 
-    /// The attributes of `ino`.
-    pub fn getattr(&self, ino: Ino) -> io::Result<Attr> {
+    /// The attributes of `ino`; through the open handle `fh` when given, so an unlinked
+    /// but open file still answers.
+    pub fn getattr(&self, ino: Ino, fh: Option<u64>) -> io::Result<Attr> {
         let node = self.node(ino)?;
+        if let Some(h) = fh.and_then(|fh| self.files.get(fh).ok()) {
+            let st = sys::fstat(h.file().as_fd())?;
+            return Ok(self.shown(&node, st));
+        }
         self.attr_of(&node)
     }
 
     pub(crate) fn attr_of(&self, node: &Inode) -> io::Result<Attr> {
         let top = node.place().top().ok_or_else(|| errno(libc::ENOENT))?;
-        let (dir, name) = self.parent_fd(top, node)?;
-        let st = sys::fstatat(dir.as_fd(), &name)?;
+        let st = match self
+            .parent_fd(top, node)
+            .and_then(|(dir, name)| sys::fstatat(dir.as_fd(), &name))
+        {
+            Ok(st) => st,
+            // Unlinked but still open: the open file answers.
+            Err(e) if is_enoent(&e) => match self.files.find(|h| h.node.ino == node.ino) {
+                Some(h) => sys::fstat(h.file().as_fd())?,
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
         Ok(self.shown(node, st))
     }
 

@@ -49,6 +49,18 @@ fn unique_stable_and_kept_by_copy_up() {
 }
 
 #[test]
+fn unlinked_open_file_still_answers_fstat() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    let m = f.mount();
+    fs::write(m.p("t"), "abc").unwrap();
+    let h = fs::File::open(m.p("t")).unwrap();
+    fs::remove_file(m.p("t")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(h.metadata().unwrap().len(), 3);
+}
+
+#[test]
 fn hard_links_share_inode_and_nlink() {
     require_fuse!();
     let f = Fixture::new(1);
@@ -63,13 +75,23 @@ fn hard_links_share_inode_and_nlink() {
     assert_eq!(a.nlink(), 2);
     fs::create_dir(m.p("sub")).unwrap();
     assert_eq!(fs::metadata(m.p("sub")).unwrap().nlink(), 2);
-    // Writing one name copies it up; the lower stays untouched and no name ever
-    // reaches into the lower layer for writing.
+    // The names are one inode, and the link survives copy-up (kernel overlayfs with
+    // index=on): both names end up as one hard link in the upper.
     fs::write(m.p("one"), "new").unwrap();
-    assert_eq!(read(m.p("one")), "new");
-    fs::write(m.p("two"), "newer").unwrap();
+    assert_eq!(read(m.p("two")), "new");
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    assert_eq!(read(m.p("two")), "new");
     assert_eq!(read(f.lower(0).join("one")), "x");
     assert_eq!(read(f.lower(0).join("two")), "x");
+    let (u1, u2) = (
+        fs::metadata(f.upper.join("one")).unwrap(),
+        fs::metadata(f.upper.join("two")).unwrap(),
+    );
+    assert_eq!((u1.ino(), u1.nlink()), (u2.ino(), 2));
+    assert_eq!(fs::metadata(m.p("one")).unwrap().ino(), a.ino());
+    fs::remove_file(m.p("one")).unwrap();
+    assert_eq!(read(m.p("two")), "new");
+    assert_eq!(fs::metadata(m.p("two")).unwrap().nlink(), 1);
 }
 
 fn fd_count(pid: u32) -> usize {
