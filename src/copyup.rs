@@ -102,6 +102,17 @@ impl LayerFs {
     }
 }
 
+/// chown; a daemon without root keeps its own ownership where it may not give it away.
+pub(crate) fn chown(dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
+    match sys::fchownat(dir, name, uid, gid) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && sys::geteuid() != 0 => {
+            log::debug!("not root: {name:?} keeps the daemon's ownership");
+            Ok(())
+        }
+        r => r,
+    }
+}
+
 fn restore_times(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> io::Result<()> {
     sys::utimensat(
         dir,
@@ -152,7 +163,7 @@ fn build_copy(
 
 /// Gives `dir/name` the owner, mode and times of `st` (owner first: chown clears setuid).
 pub(crate) fn set_metadata(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> io::Result<()> {
-    sys::fchownat(dir, name, st.st_uid, st.st_gid)?;
+    chown(dir, name, st.st_uid, st.st_gid)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
         let fd = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         sys::fchmod(fd.as_fd(), st.st_mode & 0o7777)?;

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use fuser::{Config, Session, SessionACL};
+use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::fuse::FuseFs;
 use crate::options::{MountSpec, UsageError};
@@ -32,17 +32,24 @@ pub fn mount(spec: &MountSpec) -> Result<(), UsageError> {
         .write(true)
         .open("/dev/fuse")
         .map_err(|e| UsageError(format!("cannot open /dev/fuse: {}", plain(&e))))?;
-    let dev_fuse = OwnedFd::from(dev_fuse);
-    kernel_mount(spec, &prepared.mountpoint, &dev_fuse)?;
+    // Root mounts with mount(2) on its own /dev/fuse fd; anyone else goes through the
+    // setuid fusermount3 (in the serving process, which then holds the connection).
+    let mounter = if sys::geteuid() == 0 {
+        let dev_fuse = OwnedFd::from(dev_fuse);
+        kernel_mount(spec, &prepared.mountpoint, &dev_fuse)?;
+        Mounter::Fd(dev_fuse)
+    } else {
+        Mounter::Fusermount
+    };
     if spec.foreground {
-        return serve(spec, prepared, dev_fuse, None);
+        return serve(spec, prepared, mounter, None);
     }
     let (ready_r, ready_w) = sys::pipe().map_err(|e| UsageError(plain(&e)))?;
     match sys::fork().map_err(|e| UsageError(format!("fork: {}", plain(&e))))? {
         sys::Forked::Child => {
             drop(ready_r);
             let _ = sys::setsid();
-            let code = match serve(spec, prepared, dev_fuse, Some(ready_w)) {
+            let code = match serve(spec, prepared, mounter, Some(ready_w)) {
                 Ok(()) => 0,
                 Err(e) => {
                     log::error!("{e}");
@@ -53,20 +60,57 @@ pub fn mount(spec: &MountSpec) -> Result<(), UsageError> {
         }
         sys::Forked::Parent(pid) => {
             drop(ready_w);
-            drop(dev_fuse);
+            drop(mounter);
             let mut msg = String::new();
             let _ = File::from(ready_r).read_to_string(&mut msg);
             if msg == "ok" {
                 return Ok(());
             }
             let _ = sys::umount(&prepared.mountpoint, true);
-            let _ = sys::try_wait(pid);
+            let _ = sys::wait_child(pid);
             if msg.is_empty() {
                 msg = "the daemon exited before serving the mount".into();
             }
             fail(msg)
         }
     }
+}
+
+/// How the serving process gets its FUSE connection.
+enum Mounter {
+    /// Already mounted with mount(2) on this /dev/fuse fd.
+    Fd(OwnedFd),
+    /// To be mounted through fusermount3.
+    Fusermount,
+}
+
+/// The mount options fusermount3 gets for `spec`.
+fn fusermount_options(spec: &MountSpec) -> Vec<MountOption> {
+    let mut o = vec![
+        MountOption::FSName(spec.fsname.clone().unwrap_or_else(|| "layerfs".into())),
+        MountOption::Subtype(spec.subtype.clone().unwrap_or_else(|| "layerfs".into())),
+        MountOption::DefaultPermissions,
+        if spec.dev {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        },
+        if spec.suid {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        },
+    ];
+    if !spec.exec {
+        o.push(MountOption::NoExec);
+    }
+    if spec.noatime {
+        o.push(MountOption::NoAtime);
+    }
+    if spec.read_only {
+        o.push(MountOption::RO);
+    }
+    o
 }
 
 fn kernel_mount(spec: &MountSpec, mountpoint: &Path, dev_fuse: &OwnedFd) -> Result<(), UsageError> {
@@ -107,7 +151,7 @@ fn kernel_mount(spec: &MountSpec, mountpoint: &Path, dev_fuse: &OwnedFd) -> Resu
 fn serve(
     spec: &MountSpec,
     prepared: Prepared,
-    dev_fuse: OwnedFd,
+    mounter: Mounter,
     ready: Option<OwnedFd>,
 ) -> Result<(), UsageError> {
     let mountpoint = prepared.mountpoint.clone();
@@ -139,7 +183,15 @@ fn serve(
     if let Err(e) = sys::block_stop_signals() {
         log::warn!("cannot block signals: {e}");
     }
-    let session = match Session::from_fd(FuseFs(fs), dev_fuse, acl, config) {
+    let started = match mounter {
+        Mounter::Fd(dev_fuse) => Session::from_fd(FuseFs(fs), dev_fuse, acl, config),
+        Mounter::Fusermount => {
+            config.mount_options = fusermount_options(spec);
+            config.acl = acl;
+            Session::new(FuseFs(fs), &mountpoint, &config)
+        }
+    };
+    let session = match started {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("FUSE handshake failed: {}", plain(&e));
@@ -167,14 +219,28 @@ fn spawn_signal_thread(mountpoint: PathBuf) {
         .spawn(move || {
             if let Ok(sig) = sys::wait_stop_signal() {
                 log::info!("signal {sig}: unmounting {}", mountpoint.display());
-                if let Err(e) = sys::umount(&mountpoint, true) {
-                    log::warn!("unmount of {} failed: {e}", mountpoint.display());
-                }
+                unmount_detached(&mountpoint);
                 std::process::exit(0);
             }
         });
     if let Err(e) = r {
         log::warn!("cannot start the signal thread: {e}");
+    }
+}
+
+/// Detaches the mount: umount2 as root, fusermount3 otherwise.
+fn unmount_detached(mountpoint: &Path) {
+    if sys::umount(mountpoint, true).is_ok() {
+        return;
+    }
+    let ok = std::process::Command::new("fusermount3")
+        .args(["-u", "-z", "--"])
+        .arg(mountpoint)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        log::warn!("unmount of {} failed", mountpoint.display());
     }
 }
 
@@ -191,10 +257,32 @@ fn detach_stdio() {
     }
 }
 
-/// `layerfs umount MOUNTPOINT`: unmounts, lazily if the mount is dead.
+/// `layerfs umount MOUNTPOINT`: unmounts (through fusermount3 when not root).
 pub fn umount(mountpoint: &Path, lazy: bool) -> Result<(), UsageError> {
     match sys::umount(mountpoint, lazy) {
         Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && sys::geteuid() != 0 => {
+            let mut c = std::process::Command::new("fusermount3");
+            c.arg("-u");
+            if lazy {
+                c.arg("-z");
+            }
+            let out = c
+                .arg("--")
+                .arg(mountpoint)
+                .output()
+                .map_err(|e| UsageError(format!("fusermount3: {}", plain(&e))))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                let msg = String::from_utf8_lossy(&out.stderr);
+                fail(format!(
+                    "cannot unmount {}: {}",
+                    mountpoint.display(),
+                    msg.trim()
+                ))
+            }
+        }
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) && !lazy => fail(format!(
             "{}: busy (files are open there); use --lazy to detach it now",
             mountpoint.display()

@@ -161,7 +161,7 @@ impl LayerFs {
                 }
                 NewObject::Symlink { target } => sys::symlinkat(target, work, tmp)?,
             }
-            sys::fchownat(work, tmp, own.uid, own.gid)?;
+            crate::copyup::chown(work, tmp, own.uid, own.gid)?;
             if fmt != libc::S_IFLNK && own.mode & 0o7000 != 0 {
                 let fd = sys::openat(work, tmp, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
                 sys::fchmod(fd.as_fd(), own.mode)?;

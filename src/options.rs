@@ -46,7 +46,8 @@ pub struct MountSpec {
     pub allow_root: bool,
     pub fsname: Option<String>,
     pub subtype: Option<String>,
-    pub whiteout: WhiteoutFormat,
+    /// The whiteout format asked for; `None` probes the upper (overlay when mknod works).
+    pub whiteout: Option<WhiteoutFormat>,
     /// `volatile`: fsync is a no-op and the work directory is marked as the kernel does.
     pub volatile: bool,
     pub fsync: bool,
@@ -74,7 +75,7 @@ impl MountSpec {
             allow_root: false,
             fsname: None,
             subtype: None,
-            whiteout: WhiteoutFormat::Overlay,
+            whiteout: None,
             volatile: false,
             fsync: true,
             threads: DEFAULT_THREADS,
@@ -182,8 +183,8 @@ impl MountSpec {
             },
             "whiteout" => {
                 self.whiteout = match text(value)?.as_str() {
-                    "overlay" | "chardev" => WhiteoutFormat::Overlay,
-                    "aufs" | "wh" => WhiteoutFormat::Aufs,
+                    "overlay" | "chardev" => Some(WhiteoutFormat::Overlay),
+                    "aufs" | "wh" => Some(WhiteoutFormat::Aufs),
                     v => {
                         return usage(format!(
                             "option 'whiteout' takes 'overlay' or 'aufs', not '{v}'"
@@ -381,6 +382,6 @@ mod tests {
     fn volatile_and_whiteout() {
         let s = spec("lowerdir=/a,volatile,whiteout=aufs").unwrap();
         assert!(s.volatile && !s.fsync);
-        assert_eq!(s.whiteout, WhiteoutFormat::Aufs);
+        assert_eq!(s.whiteout, Some(WhiteoutFormat::Aufs));
     }
 }

@@ -149,38 +149,81 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
 
     // Every check passed: from here on, create what is missing.
     if let Some(w) = &create_workdir {
-        std::fs::create_dir(w)
+        private_dir(false)
+            .create(w)
             .map_err(|e| UsageError(format!("workdir {}: {}", w.display(), plain(&e))))?;
     }
-    let layers = Layers::open(upper.as_deref(), &lowers)
-        .map_err(|e| UsageError(format!("opening the layers: {}", plain(&e))))?;
-    let work = match &workdir {
-        Some(w) => {
-            let wd = WorkDir::open(w)
-                .map_err(|e| UsageError(format!("workdir {}: {}", w.display(), plain(&e))))?;
-            if spec.volatile {
-                mark_volatile(w)
-                    .map_err(|e| UsageError(format!("workdir {}: {}", w.display(), plain(&e))))?;
-            }
-            Some(wd)
-        }
-        None => None,
+    let opened = open_layers(spec, upper.as_deref(), &lowers, workdir.as_deref());
+    if opened.is_err()
+        && let Some(w) = &create_workdir
+    {
+        let _ = std::fs::remove_dir_all(w);
+    }
+    let (layers, work) = opened?;
+    let probed = match &work {
+        Some(w) => w
+            .probe()
+            .map_err(|e| UsageError(format!("workdir: {}", plain(&e))))?,
+        None => (true, true),
     };
     let whiteout = if std::env::var_os(DISABLE_OVL_WHITEOUT_ENV).is_some() {
         WhiteoutFormat::Aufs
     } else {
-        spec.whiteout
+        match (spec.whiteout, probed.0) {
+            (Some(WhiteoutFormat::Overlay), false) => {
+                return fail(
+                    "whiteout=overlay needs mknod of 0/0 devices in the upper, which is not permitted here",
+                );
+            }
+            (Some(w), _) => w,
+            (None, true) => WhiteoutFormat::Overlay,
+            (None, false) => WhiteoutFormat::Aufs,
+        }
+    };
+    let xattr_ns = if probed.1 {
+        XattrNs::Trusted
+    } else {
+        XattrNs::User
     };
     Ok(Prepared {
         layers,
         work,
         config: FsConfig {
             whiteout,
-            xattr_ns: XattrNs::Trusted,
+            xattr_ns,
             fsync: spec.fsync,
         },
         mountpoint,
     })
+}
+
+fn private_dir(recursive: bool) -> std::fs::DirBuilder {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut b = std::fs::DirBuilder::new();
+    b.mode(0o700).recursive(recursive);
+    b
+}
+
+fn open_layers(
+    spec: &MountSpec,
+    upper: Option<&Path>,
+    lowers: &[PathBuf],
+    workdir: Option<&Path>,
+) -> Result<(Layers, Option<WorkDir>), UsageError> {
+    let layers = Layers::open(upper, lowers)
+        .map_err(|e| UsageError(format!("opening the layers: {}", plain(&e))))?;
+    let work = match workdir {
+        Some(w) => {
+            let err = |e: io::Error| UsageError(format!("workdir {}: {}", w.display(), plain(&e)));
+            let wd = WorkDir::open(w).map_err(err)?;
+            if spec.volatile {
+                mark_volatile(w).map_err(err)?;
+            }
+            Some(wd)
+        }
+        None => None,
+    };
+    Ok((layers, work))
 }
 
 fn dev_of(p: &Path) -> Result<u64, UsageError> {
@@ -216,5 +259,5 @@ fn check_workdir(upper: &Path, work: &Path, lowers: &[PathBuf]) -> Result<(), Us
 
 /// `WORKDIR/work/incompat/volatile`, as kernel overlayfs leaves for a volatile mount.
 fn mark_volatile(workdir: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(workdir.join("work/incompat/volatile"))
+    private_dir(true).create(workdir.join("work/incompat/volatile"))
 }

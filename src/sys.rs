@@ -601,12 +601,12 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// waitpid(2) without blocking: `Some(status)` once the child has exited.
-pub fn try_wait(pid: libc::pid_t) -> io::Result<Option<i32>> {
+/// waitpid(2): waits for the child `pid` to exit and returns its status.
+pub fn wait_child(pid: libc::pid_t) -> io::Result<i32> {
     let mut status = 0;
     // SAFETY: `status` is a valid out-pointer.
-    let r = check(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) })?;
-    Ok((r != 0).then_some(status))
+    check(unsafe { libc::waitpid(pid, &mut status, 0) })?;
+    Ok(status)
 }
 
 /// The signals that end the daemon.
@@ -671,6 +671,11 @@ pub fn set_umask(mask: u32) {
 pub fn getuid() -> u32 {
     // SAFETY: getuid cannot fail.
     unsafe { libc::getuid() }
+}
+
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 pub fn getgid() -> u32 {

@@ -29,7 +29,7 @@ impl WorkDir {
             0,
             0,
         )?;
-        match sys::mkdirat(base.as_fd(), OsStr::new(WORK_SUBDIR), 0) {
+        match sys::mkdirat(base.as_fd(), OsStr::new(WORK_SUBDIR), 0o700) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(e),
@@ -61,6 +61,41 @@ impl WorkDir {
     /// Removes the temporary object `name` (a whole tree if it is a directory).
     pub fn remove(&self, name: &OsStr) -> io::Result<()> {
         remove_tree(self.fd(), name)
+    }
+
+    /// What the upper's filesystem lets this process do: (create 0/0 character-device
+    /// whiteouts, set `trusted.*` xattrs). Without them layerfs writes AUFS whiteouts and
+    /// `user.overlay.*` xattrs, as kernel overlayfs does with `userxattr`.
+    pub fn probe(&self) -> io::Result<(bool, bool)> {
+        let denied = |e: &io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::EOPNOTSUPP)
+            )
+        };
+        let tmp = self.temp_name();
+        let mknod = match sys::mknodat(self.fd(), &tmp, libc::S_IFCHR, 0) {
+            Ok(()) => true,
+            Err(e) if denied(&e) => false,
+            Err(e) => return Err(e),
+        };
+        if !mknod {
+            sys::mkdirat(self.fd(), &tmp, 0o700)?;
+        }
+        let trusted = match sys::XattrTarget::at(self.fd(), &tmp)?.set(
+            OsStr::new("trusted.overlay.layerfs-probe"),
+            b"",
+            0,
+        ) {
+            Ok(()) => true,
+            Err(e) if denied(&e) => false,
+            Err(e) => {
+                self.remove(&tmp)?;
+                return Err(e);
+            }
+        };
+        self.remove(&tmp)?;
+        Ok((mknod, trusted))
     }
 
     /// Removes everything in the work area. Entries named `incompat` (the kernel's

@@ -252,9 +252,13 @@ impl Drop for Installed {
     }
 }
 
+/// Serialises the tests that depend on the mode of /dev/fuse.
+static DEV_FUSE_MODE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn no_access_to_dev_fuse() {
     require_fuse!();
+    let _serial = DEV_FUSE_MODE.lock().unwrap_or_else(|e| e.into_inner());
     let f = Fixture::new(1);
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(f.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
@@ -282,4 +286,87 @@ fn no_access_to_dev_fuse() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("/dev/fuse"), "{err}");
     assert_eq!(tree(f.dir.path()), before);
+}
+
+/// /dev/fuse opened to everyone for the guard's life (as the fuse3 udev rule leaves it).
+struct DevFuseOpen(u32);
+
+impl DevFuseOpen {
+    fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata("/dev/fuse").unwrap().permissions().mode();
+        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
+        DevFuseOpen(mode)
+    }
+}
+
+impl Drop for DevFuseOpen {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(self.0));
+    }
+}
+
+#[test]
+fn unprivileged_mount_through_fusermount3() {
+    require_fuse!();
+    if Command::new("fusermount3").arg("-V").output().is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "fusermount3 missing in CI"
+        );
+        return;
+    }
+    let _serial = DEV_FUSE_MODE.lock().unwrap_or_else(|e| e.into_inner());
+    let _open = DevFuseOpen::new();
+    let f = Fixture::new(1);
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(f.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    put(f.lower(0), "a", "lower");
+    put(f.lower(0), "b", "gone");
+    for d in [f.lower(0), &f.upper, &f.work, &f.mnt, &f.lower(0).join("a")] {
+        std::os::unix::fs::chown(d, Some(1000), Some(1000)).unwrap();
+    }
+    let as_user = |args: &[&OsStr]| {
+        Command::new("setpriv")
+            .args(["--reuid=1000", "--regid=1000", "--clear-groups"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = as_user(&[
+        os(BIN),
+        os("mount"),
+        &f.lowerdir(),
+        f.upper.as_os_str(),
+        f.mnt.as_os_str(),
+        os("--workdir"),
+        f.work.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let guard = Mounted::adopt(&f);
+    let script = format!(
+        "echo more >> {0}/a && rm {0}/b && mkdir {0}/d && echo x > {0}/d/f",
+        f.mnt.display()
+    );
+    let out = as_user(&[os("sh"), os("-c"), os(&script)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read(f.upper.join("a")), "lowermore\n");
+    assert!(is_whiteout(&f.upper.join("b")));
+    let out = as_user(&[os(BIN), os("umount"), f.mnt.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&f.mnt));
+    drop(guard);
 }

@@ -167,7 +167,16 @@ pub struct Mounted<'a> {
     pub path: PathBuf,
 }
 
-impl Mounted<'_> {
+impl<'a> Mounted<'a> {
+    /// Takes charge of a mount made some other way on the fixture's mountpoint.
+    pub fn adopt(fixture: &'a Fixture) -> Self {
+        assert!(is_mounted(&fixture.mnt), "nothing mounted to adopt");
+        Mounted {
+            _fixture: fixture,
+            path: fixture.mnt.clone(),
+        }
+    }
+
     pub fn p(&self, rel: &str) -> PathBuf {
         self.path.join(rel)
     }
