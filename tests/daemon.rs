@@ -54,16 +54,7 @@ fn external_umount_ends_daemon_with_status_zero() {
     require_fuse!();
     let f = Fixture::new(1);
     put(f.lower(0), "a", "x");
-    let mut child = Command::new(BIN)
-        .arg("mount")
-        .arg(f.lowerdir())
-        .arg(&f.upper)
-        .arg(&f.mnt)
-        .arg("--workdir")
-        .arg(&f.work)
-        .arg("-f")
-        .spawn()
-        .unwrap();
+    let mut child = f.mount_command().arg("-f").spawn().unwrap();
     eventually("mounted", || is_mounted(&f.mnt));
     assert_eq!(read(f.mnt.join("a")), "x");
     assert!(
@@ -88,15 +79,7 @@ fn dead_mount_is_recovered() {
     eventually("daemon gone", || !alive(pid));
     let e = errno(fs::metadata(&f.mnt));
     assert!(e == libc::ENOTCONN || e == libc::ECONNABORTED, "errno {e}");
-    let out = Command::new(BIN)
-        .arg("mount")
-        .arg(f.lowerdir())
-        .arg(&f.upper)
-        .arg(&f.mnt)
-        .arg("--workdir")
-        .arg(&f.work)
-        .output()
-        .unwrap();
+    let out = f.mount_command().output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -97,15 +97,21 @@ impl Fixture {
     }
 
     pub fn mount_with(&self, extra: &[&str]) -> Mounted<'_> {
+        let mut c = self.mount_command();
+        c.args(extra);
+        self.run_mount(c)
+    }
+
+    /// `layerfs mount LOWERS UPPER MNT --workdir WORK`, not yet run.
+    pub fn mount_command(&self) -> Command {
         let mut c = Command::new(BIN);
         c.arg("mount")
             .arg(self.lowerdir())
             .arg(&self.upper)
             .arg(&self.mnt)
             .arg("--workdir")
-            .arg(&self.work)
-            .args(extra);
-        self.run_mount(c)
+            .arg(&self.work);
+        c
     }
 
     /// A read-only union of the lowers.
