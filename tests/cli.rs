@@ -136,12 +136,12 @@ fn bad_input_is_refused_cleanly() {
 }
 
 #[test]
-fn busy_mountpoint_is_refused() {
+fn mountpoint_inside_a_live_mount_that_is_a_file_is_refused() {
     require_fuse!();
     let f = Fixture::new(1);
     let _m = f.mount();
-    // Mounting again on top works in Linux; a dead FUSE mount is the refused case, tested
-    // by the daemon tests. Here: a mountpoint that is a file inside the live mount.
+    // Mounting again on top works in Linux; a dead FUSE mount is the busy case the kernel
+    // refuses (tests/daemon.rs). Here: a mountpoint that is a file inside the live mount.
     fs::write(f.mnt.join("plain"), "").unwrap();
     let out = layerfs(&[
         os("mount"),
