@@ -184,11 +184,11 @@ fn serve(
         log::warn!("cannot block signals: {e}");
     }
     let started = match mounter {
-        Mounter::Fd(dev_fuse) => Session::from_fd(FuseFs(fs), dev_fuse, acl, config),
+        Mounter::Fd(dev_fuse) => Session::from_fd(FuseFs(fs, spec.timeout), dev_fuse, acl, config),
         Mounter::Fusermount => {
             config.mount_options = fusermount_options(spec);
             config.acl = acl;
-            Session::new(FuseFs(fs), &mountpoint, &config)
+            Session::new(FuseFs(fs, spec.timeout), &mountpoint, &config)
         }
     };
     let session = match started {

@@ -156,8 +156,9 @@ impl LayerFs {
         let (dir, name) = self.parent_fd(0, &node)?;
         let dir = dir.as_fd();
         if change.uid.is_some() || change.gid.is_some() {
-            let uid = change.uid.unwrap_or(u32::MAX);
-            let gid = change.gid.unwrap_or(u32::MAX);
+            let owners = &self.cfg.owners;
+            let uid = change.uid.map_or(u32::MAX, |u| owners.store_uid(u));
+            let gid = change.gid.map_or(u32::MAX, |g| owners.store_gid(g));
             sys::fchownat(dir, &name, uid, gid)?;
         }
         if let Some(mode) = change.mode {

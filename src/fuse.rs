@@ -19,12 +19,9 @@ use crate::namespace::NewObject;
 use crate::sys::{SetTime, Stat};
 use crate::union::{Attr, Caller, LayerFs};
 
-/// How long the kernel may cache entries and attributes. Every change goes through the
-/// daemon, so the cache stays coherent; later issues raise this.
-const TTL: Duration = Duration::from_secs(1);
-
-/// A `LayerFs` served over FUSE.
-pub struct FuseFs(pub LayerFs);
+/// A `LayerFs` served over FUSE, with how long the kernel may cache entries and
+/// attributes (every change goes through the daemon, so the cache stays coherent).
+pub struct FuseFs(pub LayerFs, pub Duration);
 
 fn errno(op: &str, e: io::Error) -> Errno {
     let code = e.raw_os_error().unwrap_or_else(|| {
@@ -113,9 +110,9 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
-fn reply_entry(op: &str, r: io::Result<Attr>, reply: ReplyEntry) {
+fn reply_entry(op: &str, r: io::Result<Attr>, ttl: Duration, reply: ReplyEntry) {
     match r {
-        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
         Err(e) => reply.error(errno(op, e)),
     }
 }
@@ -139,7 +136,7 @@ fn reply_xattr(op: &str, r: io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
 impl Filesystem for FuseFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!("lookup {} {name:?}", parent.0);
-        reply_entry("lookup", self.0.lookup(parent.0, name), reply);
+        reply_entry("lookup", self.0.lookup(parent.0, name), self.1, reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -149,7 +146,7 @@ impl Filesystem for FuseFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         debug!("getattr {}", ino.0);
         match self.0.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.1, &file_attr(&a)),
             Err(e) => reply.error(errno("getattr", e)),
         }
     }
@@ -186,7 +183,7 @@ impl Filesystem for FuseFs {
             fh: fh.map(|f| f.0),
         };
         match self.0.setattr(ino.0, change) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.1, &file_attr(&a)),
             Err(e) => reply.error(errno("setattr", e)),
         }
     }
@@ -215,7 +212,7 @@ impl Filesystem for FuseFs {
             rdev: decode_dev(rdev),
         };
         let r = self.0.create_object(parent.0, name, obj, caller(req));
-        reply_entry("mknod", r, reply);
+        reply_entry("mknod", r, self.1, reply);
     }
 
     fn mkdir(
@@ -231,7 +228,7 @@ impl Filesystem for FuseFs {
         let r = self
             .0
             .create_object(parent.0, name, NewObject::Dir { mode }, caller(req));
-        reply_entry("mkdir", r, reply);
+        reply_entry("mkdir", r, self.1, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -257,7 +254,7 @@ impl Filesystem for FuseFs {
             target: target.as_os_str(),
         };
         let r = self.0.create_object(parent.0, link_name, obj, caller(req));
-        reply_entry("symlink", r, reply);
+        reply_entry("symlink", r, self.1, reply);
     }
 
     fn rename(
@@ -289,7 +286,12 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         debug!("link {} -> {} {newname:?}", ino.0, newparent.0);
-        reply_entry("link", self.0.link(ino.0, newparent.0, newname), reply);
+        reply_entry(
+            "link",
+            self.0.link(ino.0, newparent.0, newname),
+            self.1,
+            reply,
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -510,7 +512,7 @@ impl Filesystem for FuseFs {
             .and_then(|a| Ok((a, self.0.open(a.ino, flags & !libc::O_TRUNC)?)));
         match r {
             Ok((a, fh)) => reply.created(
-                &TTL,
+                &self.1,
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(fh),

@@ -10,6 +10,7 @@ pub mod dirmerge;
 pub mod fileops;
 pub mod fuse;
 pub mod handles;
+pub mod idmap;
 pub mod inode;
 pub mod layers;
 pub mod namespace;

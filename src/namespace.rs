@@ -145,6 +145,10 @@ impl LayerFs {
             NewObject::Node { mode, .. } => (mode & libc::S_IFMT, mode),
             NewObject::Symlink { .. } => (libc::S_IFLNK, 0o777),
         };
+        let caller = Caller {
+            uid: self.cfg.owners.store_uid(caller.uid),
+            gid: self.cfg.owners.store_gid(caller.gid),
+        };
         let own = ownership(&pst, caller, mode, fmt == libc::S_IFDIR);
         let (wformat, ns) = (self.cfg.whiteout, self.cfg.xattr_ns);
         self.install(&slot, |work, tmp| {

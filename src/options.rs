@@ -7,6 +7,7 @@ use std::fmt;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
+use crate::idmap::{IdMap, Owners};
 use crate::layers::MAX_LOWERS;
 use crate::whiteout::WhiteoutFormat;
 
@@ -52,7 +53,16 @@ pub struct MountSpec {
     pub volatile: bool,
     pub fsync: bool,
     pub threads: usize,
+    /// Owner mapping and squashing.
+    pub owners: Owners,
+    /// How long the kernel caches entries and attributes (`timeout=`, seconds).
+    pub timeout: std::time::Duration,
+    /// `noxattrs=1`: extended attributes are not supported through the mount.
+    pub xattrs: bool,
 }
+
+/// The default kernel cache timeout for entries and attributes.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The default number of FUSE event-loop threads.
 pub const DEFAULT_THREADS: usize = 4;
@@ -79,6 +89,9 @@ impl MountSpec {
             volatile: false,
             fsync: true,
             threads: DEFAULT_THREADS,
+            owners: Owners::default(),
+            timeout: DEFAULT_TIMEOUT,
+            xattrs: true,
         }
     }
 
@@ -213,8 +226,46 @@ impl MountSpec {
                     return usage(format!("option '{key}={v}' is not supported (only 'off')"));
                 }
             }
-            "uidmapping" | "gidmapping" | "squash_to_uid" | "squash_to_gid" | "squash_to_root"
-            | "xattr_permissions" | "noxattrs" | "timeout" => {
+            "uidmapping" | "gidmapping" => {
+                let map = IdMap::parse(&text(value)?)
+                    .map_err(|e| UsageError(format!("option '{key}': {e}")))?;
+                if key == "uidmapping" {
+                    self.owners.uids = map;
+                } else {
+                    self.owners.gids = map;
+                }
+            }
+            "squash_to_root" => {
+                flag(&value)?;
+                self.owners.squash_uid.get_or_insert(0);
+                self.owners.squash_gid.get_or_insert(0);
+            }
+            "squash_to_uid" | "squash_to_gid" => {
+                let v = text(value)?;
+                let id = v
+                    .parse::<u32>()
+                    .map_err(|_| UsageError(format!("option '{key}' takes an id, not '{v}'")))?;
+                if key == "squash_to_uid" {
+                    self.owners.squash_uid = Some(id);
+                } else {
+                    self.owners.squash_gid = Some(id);
+                }
+            }
+            "noxattrs" => match text(value)?.as_str() {
+                "0" => self.xattrs = true,
+                "1" => self.xattrs = false,
+                v => return usage(format!("option 'noxattrs' takes 0 or 1, not '{v}'")),
+            },
+            "timeout" => {
+                let v = text(value)?;
+                self.timeout = match v.parse::<f64>() {
+                    Ok(t) if t.is_finite() && (0.0..=1e9).contains(&t) => {
+                        std::time::Duration::from_secs_f64(t)
+                    }
+                    _ => return usage(format!("option 'timeout' takes seconds, not '{v}'")),
+                }
+            }
+            "xattr_permissions" => {
                 return usage(format!("option '{key}' is not supported yet"));
             }
             _ if key.starts_with("x-") || key.starts_with("comment=") => {}
@@ -366,7 +417,10 @@ mod tests {
         assert!(spec(r#"lowerdir=/a,context="x"#).is_err());
         assert!(spec("lowerdir=/a,fsync=2").is_err());
         assert!(spec("lowerdir=/a,=x").is_err());
-        assert!(spec("lowerdir=/a,uidmapping=0:1:1").is_err());
+        assert!(spec("lowerdir=/a,uidmapping=0:1").is_err());
+        assert!(spec("lowerdir=/a,timeout=-1").is_err());
+        assert!(spec("lowerdir=/a,squash_to_uid=x").is_err());
+        assert!(spec("lowerdir=/a,xattr_permissions=2").is_err());
         assert!(spec("lowerdir=/a,redirect_dir=on").is_err());
         assert!(spec("upperdir=/u").unwrap().check().is_err());
     }
@@ -376,6 +430,22 @@ mod tests {
         let many: Vec<String> = (0..=MAX_LOWERS).map(|i| format!("/l{i}")).collect();
         let s = spec(&format!("lowerdir={}", many.join(":"))).unwrap();
         assert!(s.check().is_err());
+    }
+
+    #[test]
+    fn container_engine_options() {
+        let s = spec("lowerdir=/a,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1,squash_to_gid=5,noxattrs=1,timeout=30,threaded=0").unwrap();
+        assert_eq!(s.owners.uids.show(1), 100000);
+        assert_eq!(s.owners.gids.show(0), 1000);
+        assert_eq!(s.owners.squash_gid, Some(5));
+        assert!(!s.xattrs);
+        assert_eq!(s.timeout, std::time::Duration::from_secs(30));
+        assert_eq!(s.threads, 1);
+        let r = spec("lowerdir=/a,squash_to_root").unwrap();
+        assert_eq!(
+            (r.owners.squash_uid, r.owners.squash_gid),
+            (Some(0), Some(0))
+        );
     }
 
     #[test]

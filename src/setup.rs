@@ -192,6 +192,8 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
             whiteout,
             xattr_ns,
             fsync: spec.fsync,
+            owners: spec.owners.clone(),
+            xattrs: spec.xattrs,
         },
         mountpoint,
     })

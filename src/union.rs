@@ -15,6 +15,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::handles::{HandleTable, OpenDir, OpenFile};
+use crate::idmap::Owners;
 use crate::inode::{Ino, Inode, InodeTable, Place, ROOT};
 use crate::layers::{LayerId, Layers};
 use crate::sys::{self, Stat};
@@ -30,6 +31,10 @@ pub struct FsConfig {
     pub xattr_ns: XattrNs,
     /// Whether fsync reaches the upper filesystem (off for `volatile` / `fsync=0`).
     pub fsync: bool,
+    /// How owners are shown and stored (`uidmapping=`, `squash_to_*`).
+    pub owners: Owners,
+    /// Whether extended attributes are served (off for `noxattrs=1`).
+    pub xattrs: bool,
 }
 
 impl Default for FsConfig {
@@ -38,6 +43,8 @@ impl Default for FsConfig {
             whiteout: WhiteoutFormat::Overlay,
             xattr_ns: XattrNs::Trusted,
             fsync: true,
+            owners: Owners::default(),
+            xattrs: true,
         }
     }
 }
@@ -307,10 +314,11 @@ impl LayerFs {
         Ok(self.shown(node, st))
     }
 
-    /// The stat the mount shows: the union's inode number, and nlink 1 for a merged
-    /// directory, as kernel overlayfs reports.
+    /// The stat the mount shows: the union's inode number, mapped owners, and nlink 1 for
+    /// a merged directory, as kernel overlayfs reports.
     fn shown(&self, node: &Inode, mut st: Stat) -> Attr {
         st.st_ino = node.ino;
+        (st.st_uid, st.st_gid) = self.cfg.owners.show(st.st_uid, st.st_gid);
         if node.is_dir() {
             let p = node.place();
             if usize::from(p.upper) + p.lowers.len() > 1 {

@@ -20,19 +20,28 @@ fn refuse_internal(name: &OsStr) -> io::Result<()> {
 }
 
 impl LayerFs {
+    /// EOPNOTSUPP when the mount serves no xattrs (`noxattrs=1`), else checks `name`.
+    fn xattr_allowed(&self, name: Option<&OsStr>) -> io::Result<()> {
+        if !self.cfg.xattrs {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
+        name.map_or(Ok(()), refuse_internal)
+    }
+
     fn shown_target(&self, node: &Inode) -> io::Result<(std::os::fd::OwnedFd, OsString)> {
         let top = node.place().top().ok_or_else(|| errno(libc::ENOENT))?;
         self.parent_fd(top, node)
     }
 
     pub fn getxattr(&self, ino: Ino, name: &OsStr) -> io::Result<Vec<u8>> {
-        refuse_internal(name)?;
+        self.xattr_allowed(Some(name))?;
         let node = self.node(ino)?;
         let (dir, n) = self.shown_target(&node)?;
         XattrTarget::at(dir.as_fd(), &n)?.get(name)
     }
 
     pub fn listxattr(&self, ino: Ino) -> io::Result<Vec<OsString>> {
+        self.xattr_allowed(None)?;
         let node = self.node(ino)?;
         let (dir, n) = self.shown_target(&node)?;
         let mut names = XattrTarget::at(dir.as_fd(), &n)?.list()?;
@@ -41,7 +50,7 @@ impl LayerFs {
     }
 
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
-        refuse_internal(name)?;
+        self.xattr_allowed(Some(name))?;
         self.layers.writable()?;
         let node = self.node(ino)?;
         self.copy_up(&node, CopyData::Full)?;
@@ -50,7 +59,7 @@ impl LayerFs {
     }
 
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> io::Result<()> {
-        refuse_internal(name)?;
+        self.xattr_allowed(Some(name))?;
         self.layers.writable()?;
         let node = self.node(ino)?;
         // Copying up only to find the xattr missing would be wasted work.
