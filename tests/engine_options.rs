@@ -73,6 +73,7 @@ fn volatile_marks_the_workdir() {
     let m = f.mount_with(&["-o", "volatile"]);
     let fh = fs::File::create(m.p("f")).unwrap();
     fh.sync_all().unwrap();
+    drop(fh);
     assert!(f.work.join("work/incompat/volatile").is_dir());
     drop(m);
     // Kept across a remount, as the kernel expects.
