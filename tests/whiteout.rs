@@ -110,3 +110,17 @@ fn reserved_names_are_refused() {
     assert_eq!(errno(fs::write(m.p(".wh.x"), "")), libc::EINVAL);
     assert_eq!(errno(fs::create_dir(m.p(".wh.y"))), libc::EINVAL);
 }
+
+#[test]
+fn fuse_overlayfs_environment_selects_aufs_whiteouts() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    put(f.lower(0), "a", "x");
+    let mut c = f.mount_command();
+    c.env("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT", "1");
+    let m = f.run_mount(c);
+    fs::remove_file(m.p("a")).unwrap();
+    assert!(f.upper.join(".wh.a").is_file());
+    assert!(!f.upper.join("a").exists());
+    assert!(names(&m.path).is_empty());
+}
