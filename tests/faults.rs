@@ -1,0 +1,126 @@
+//! Faults: a full upper filesystem, and a daemon killed in the middle of copy-ups.
+mod common;
+use common::*;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// A small tmpfs, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn new(at: &Path, size: &str) -> Self {
+        fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        unmount(&self.0);
+    }
+}
+
+#[test]
+fn full_upper_fails_cleanly_and_recovers() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    let small = f.dir.path().join("small");
+    let _tmpfs = Tmpfs::new(&small, "4m");
+    let (upper, work) = (small.join("upper"), small.join("work"));
+    fs::create_dir(&upper).unwrap();
+    fs::create_dir(&work).unwrap();
+    fs::write(f.lower(0).join("big"), vec![1u8; 8 << 20]).unwrap();
+    fs::write(f.lower(0).join("small"), vec![2u8; 1 << 20]).unwrap();
+    let mut c = Command::new(BIN);
+    c.arg("mount")
+        .arg(f.lowerdir())
+        .arg(&upper)
+        .arg(&f.mnt)
+        .arg("--workdir")
+        .arg(&work);
+    let m = f.run_mount(c);
+    // Copy-up of a file larger than the upper fails with ENOSPC; nothing partial shows.
+    let r = fs::OpenOptions::new().append(true).open(m.p("big"));
+    assert_eq!(errno(r), libc::ENOSPC);
+    assert!(!upper.join("big").exists());
+    assert!(names(&work.join("work")).is_empty());
+    assert_eq!(fs::metadata(m.p("big")).unwrap().len(), 8 << 20);
+    assert_eq!(fs::metadata(f.lower(0).join("big")).unwrap().len(), 8 << 20);
+    // Writing past the space fails with ENOSPC and the daemon keeps serving.
+    let mut h = fs::File::create(m.p("filler")).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let mut err = 0;
+    for _ in 0..8 {
+        if let Err(e) = h.write_all(&chunk).and_then(|()| h.sync_all()) {
+            err = e.raw_os_error().unwrap_or(0);
+            break;
+        }
+    }
+    assert_eq!(err, libc::ENOSPC);
+    drop(h);
+    assert_eq!(names(&m.path), ["big", "filler", "small"]);
+    // After space is freed, everything works again.
+    fs::remove_file(m.p("filler")).unwrap();
+    let mut h = fs::OpenOptions::new()
+        .append(true)
+        .open(m.p("small"))
+        .unwrap();
+    h.write_all(b"end").unwrap();
+    drop(h);
+    assert_eq!(
+        fs::metadata(upper.join("small")).unwrap().len(),
+        (1 << 20) + 3
+    );
+}
+
+#[test]
+fn kill_during_copy_up_leaves_old_or_new() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    let size = 64usize << 20;
+    fs::write(f.lower(0).join("big"), vec![7u8; size]).unwrap();
+    for delay_ms in [0u64, 2, 5, 10, 20, 40, 80] {
+        let m = f.mount();
+        let pid = daemon_pid(&m.path);
+        let target = m.p("big");
+        let writer = std::thread::spawn(move || {
+            if let Ok(mut h) = fs::OpenOptions::new().append(true).open(&target) {
+                let _ = h.write_all(b"tail");
+            }
+        });
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        let _ = writer.join();
+        let _ = Command::new("umount").arg("-l").arg(&f.mnt).status();
+        drop(m);
+        let m = f.mount();
+        assert!(
+            names(&f.work.join("work")).is_empty(),
+            "temp left at {delay_ms} ms"
+        );
+        let len = fs::metadata(m.p("big")).unwrap().len() as usize;
+        assert!(
+            len == size || len == size + 4,
+            "partial file ({len} bytes) after a kill at {delay_ms} ms"
+        );
+        let up = f.upper.join("big");
+        if up.exists() {
+            let l = fs::metadata(&up).unwrap().len() as usize;
+            assert!(l == size || l == size + 4, "partial upper copy {l}");
+        }
+        drop(m);
+        let _ = fs::remove_file(&up);
+    }
+}
