@@ -95,15 +95,12 @@ fn dead_mount_is_recovered() {
         err.contains("dead FUSE mount") && err.contains("layerfs umount"),
         "{err}"
     );
-    let out = Command::new(BIN)
-        .arg("umount")
-        .arg(&f.mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_success(
+        &Command::new(BIN)
+            .arg("umount")
+            .arg(&f.mnt)
+            .output()
+            .unwrap(),
     );
     assert!(!is_mounted(&f.mnt));
     drop(m);

@@ -4,7 +4,6 @@ mod common;
 use common::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::Command;
 
 fn owner(p: &std::path::Path) -> (u32, u32) {
     let m = fs::symlink_metadata(p).unwrap();
@@ -30,16 +29,7 @@ fn uid_and_gid_mapping() {
     assert_eq!(owner(&m.p("user-owned")), (100000, 100001));
     assert_eq!(owner(&m.p("unmapped")), (65534, 65534));
     // Written back unmapped: a file created by (host) uid 1000 is stored as 0.
-    let out = Command::new("setpriv")
-        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "sh", "-c"])
-        .arg(format!("echo n > {}", m.p("new").display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&as_user(&format!("echo n > {}", m.p("new").display())));
     assert_eq!(owner(&m.p("new")), (1000, 1000));
     assert_eq!(owner(&f.upper.join("new")), (0, 0));
     std::os::unix::fs::chown(m.p("root-owned"), Some(100005), Some(100006)).unwrap();

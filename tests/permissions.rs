@@ -5,22 +5,6 @@ use common::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output};
-
-/// Runs a shell command as uid/gid 1000 (no supplementary groups).
-fn as_user(script: &str) -> Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid=1000",
-            "--regid=1000",
-            "--clear-groups",
-            "sh",
-            "-c",
-            script,
-        ])
-        .output()
-        .unwrap()
-}
 
 fn owner(p: &Path) -> (u32, u32) {
     let m = fs::symlink_metadata(p).unwrap();

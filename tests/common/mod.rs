@@ -314,3 +314,27 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// Runs a shell script as uid/gid 1000 (no supplementary groups).
+pub fn as_user(script: &str) -> Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=1000",
+            "--regid=1000",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap()
+}
+
+/// Fails the test with the command's stderr unless it succeeded.
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
