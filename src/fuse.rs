@@ -32,6 +32,20 @@ fn errno(op: &str, e: io::Error) -> Errno {
     Errno::from_i32(code)
 }
 
+/// Runs one core operation; a panic (a bug) becomes EIO for this request instead of
+/// ending the event-loop thread.
+fn guard<T>(f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        log::error!("BUG: panic while serving a request: {what}");
+        Err(io::Error::from_raw_os_error(libc::EIO))
+    })
+}
+
 fn time(sec: i64, nsec: i64) -> SystemTime {
     if sec >= 0 {
         UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
@@ -136,7 +150,12 @@ fn reply_xattr(op: &str, r: io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
 impl Filesystem for FuseFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!("lookup {} {name:?}", parent.0);
-        reply_entry("lookup", self.0.lookup(parent.0, name), self.1, reply);
+        reply_entry(
+            "lookup",
+            guard(|| self.0.lookup(parent.0, name)),
+            self.1,
+            reply,
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -145,7 +164,7 @@ impl Filesystem for FuseFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         debug!("getattr {}", ino.0);
-        match self.0.getattr(ino.0, fh.map(|f| f.0)) {
+        match guard(|| self.0.getattr(ino.0, fh.map(|f| f.0))) {
             Ok(a) => reply.attr(&self.1, &file_attr(&a)),
             Err(e) => reply.error(errno("getattr", e)),
         }
@@ -182,7 +201,7 @@ impl Filesystem for FuseFs {
             mtime: set_time(mtime),
             fh: fh.map(|f| f.0),
         };
-        match self.0.setattr(ino.0, change) {
+        match guard(|| self.0.setattr(ino.0, change)) {
             Ok(a) => reply.attr(&self.1, &file_attr(&a)),
             Err(e) => reply.error(errno("setattr", e)),
         }
@@ -190,7 +209,7 @@ impl Filesystem for FuseFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         debug!("readlink {}", ino.0);
-        match self.0.readlink(ino.0) {
+        match guard(|| self.0.readlink(ino.0)) {
             Ok(t) => reply.data(t.as_encoded_bytes()),
             Err(e) => reply.error(errno("readlink", e)),
         }
@@ -211,7 +230,7 @@ impl Filesystem for FuseFs {
             mode,
             rdev: decode_dev(rdev),
         };
-        let r = self.0.create_object(parent.0, name, obj, caller(req));
+        let r = guard(|| self.0.create_object(parent.0, name, obj, caller(req)));
         reply_entry("mknod", r, self.1, reply);
     }
 
@@ -225,20 +244,21 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         debug!("mkdir {} {name:?} {mode:o}", parent.0);
-        let r = self
-            .0
-            .create_object(parent.0, name, NewObject::Dir { mode }, caller(req));
+        let r = guard(|| {
+            self.0
+                .create_object(parent.0, name, NewObject::Dir { mode }, caller(req))
+        });
         reply_entry("mkdir", r, self.1, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         debug!("unlink {} {name:?}", parent.0);
-        reply_empty("unlink", self.0.unlink(parent.0, name), reply);
+        reply_empty("unlink", guard(|| self.0.unlink(parent.0, name)), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         debug!("rmdir {} {name:?}", parent.0);
-        reply_empty("rmdir", self.0.rmdir(parent.0, name), reply);
+        reply_empty("rmdir", guard(|| self.0.rmdir(parent.0, name)), reply);
     }
 
     fn symlink(
@@ -253,7 +273,7 @@ impl Filesystem for FuseFs {
         let obj = NewObject::Symlink {
             target: target.as_os_str(),
         };
-        let r = self.0.create_object(parent.0, link_name, obj, caller(req));
+        let r = guard(|| self.0.create_object(parent.0, link_name, obj, caller(req)));
         reply_entry("symlink", r, self.1, reply);
     }
 
@@ -271,9 +291,10 @@ impl Filesystem for FuseFs {
             "rename {} {name:?} -> {} {newname:?} {flags}",
             parent.0, newparent.0
         );
-        let r = self
-            .0
-            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        let r = guard(|| {
+            self.0
+                .rename(parent.0, name, newparent.0, newname, flags.bits())
+        });
         reply_empty("rename", r, reply);
     }
 
@@ -288,7 +309,7 @@ impl Filesystem for FuseFs {
         debug!("link {} -> {} {newname:?}", ino.0, newparent.0);
         reply_entry(
             "link",
-            self.0.link(ino.0, newparent.0, newname),
+            guard(|| self.0.link(ino.0, newparent.0, newname)),
             self.1,
             reply,
         );
@@ -296,7 +317,7 @@ impl Filesystem for FuseFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!("open {} {:#o}", ino.0, flags.0);
-        match self.0.open(ino.0, flags.0) {
+        match guard(|| self.0.open(ino.0, flags.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("open", e)),
         }
@@ -314,7 +335,7 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         debug!("read {} fh={} off={offset} size={size}", ino.0, fh.0);
-        match self.0.read(fh.0, offset, size) {
+        match guard(|| self.0.read(fh.0, offset, size)) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno("read", e)),
         }
@@ -338,7 +359,7 @@ impl Filesystem for FuseFs {
             fh.0,
             data.len()
         );
-        match self.0.write(fh.0, offset, data) {
+        match guard(|| self.0.write(fh.0, offset, data)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", e)),
         }
@@ -377,12 +398,12 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty("fsync", self.0.fsync(fh.0, datasync), reply);
+        reply_empty("fsync", guard(|| self.0.fsync(fh.0, datasync)), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         debug!("opendir {}", ino.0);
-        match self.0.opendir(ino.0) {
+        match guard(|| self.0.opendir(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("opendir", e)),
         }
@@ -397,7 +418,7 @@ impl Filesystem for FuseFs {
         mut reply: ReplyDirectory,
     ) {
         debug!("readdir {} fh={} off={offset}", ino.0, fh.0);
-        match self.0.readdir(fh.0, offset) {
+        match guard(|| self.0.readdir(fh.0, offset)) {
             Ok(entries) => {
                 for (next, e) in entries {
                     if reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name) {
@@ -430,11 +451,11 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty("fsyncdir", self.0.fsyncdir(ino.0), reply);
+        reply_empty("fsyncdir", guard(|| self.0.fsyncdir(ino.0)), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.0.statfs() {
+        match guard(|| self.0.statfs()) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -462,19 +483,24 @@ impl Filesystem for FuseFs {
         debug!("setxattr {} {name:?}", ino.0);
         reply_empty(
             "setxattr",
-            self.0.setxattr(ino.0, name, value, flags),
+            guard(|| self.0.setxattr(ino.0, name, value, flags)),
             reply,
         );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         debug!("getxattr {} {name:?}", ino.0);
-        reply_xattr("getxattr", self.0.getxattr(ino.0, name), size, reply);
+        reply_xattr(
+            "getxattr",
+            guard(|| self.0.getxattr(ino.0, name)),
+            size,
+            reply,
+        );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         debug!("listxattr {}", ino.0);
-        let r = self.0.listxattr(ino.0).map(|names| {
+        let r = guard(|| self.0.listxattr(ino.0)).map(|names| {
             let mut out = Vec::new();
             for n in names {
                 out.extend_from_slice(n.as_encoded_bytes());
@@ -487,7 +513,11 @@ impl Filesystem for FuseFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         debug!("removexattr {} {name:?}", ino.0);
-        reply_empty("removexattr", self.0.removexattr(ino.0, name), reply);
+        reply_empty(
+            "removexattr",
+            guard(|| self.0.removexattr(ino.0, name)),
+            reply,
+        );
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -506,10 +536,11 @@ impl Filesystem for FuseFs {
         reply: ReplyCreate,
     ) {
         debug!("create {} {name:?} {mode:o} {flags:#o}", parent.0);
-        let r = self
-            .0
-            .create_object(parent.0, name, NewObject::File { mode }, caller(req))
-            .and_then(|a| Ok((a, self.0.open(a.ino, flags & !libc::O_TRUNC)?)));
+        let r = guard(|| {
+            self.0
+                .create_object(parent.0, name, NewObject::File { mode }, caller(req))
+        })
+        .and_then(|a| Ok((a, guard(|| self.0.open(a.ino, flags & !libc::O_TRUNC))?)));
         match r {
             Ok((a, fh)) => reply.created(
                 &self.1,
@@ -534,7 +565,7 @@ impl Filesystem for FuseFs {
     ) {
         reply_empty(
             "fallocate",
-            self.0.fallocate(fh.0, offset, length, mode),
+            guard(|| self.0.fallocate(fh.0, offset, length, mode)),
             reply,
         );
     }
@@ -543,6 +574,13 @@ impl Filesystem for FuseFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn panics_become_eio() {
+        let r: io::Result<()> = guard(|| panic!("boom"));
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
+        assert_eq!(guard(|| Ok(5)).unwrap(), 5);
+    }
 
     #[test]
     fn dev_encoding_round_trips() {
