@@ -71,8 +71,12 @@ fn random_operations_from_many_threads() {
                 }
             });
         }
+        let secs = std::env::var("LAYERFS_STRESS_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5);
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
+        while start.elapsed() < Duration::from_secs(secs) {
             std::thread::sleep(Duration::from_millis(50));
             // Watchdog: the mount must keep answering.
             assert!(fs::read_dir(&root).is_ok(), "mount stopped answering");
