@@ -197,3 +197,39 @@ fn read_only_union() {
     assert_eq!(errno(xattr::set(m.p("a"), "user.x", b"1")), libc::EROFS);
     assert_eq!(errno(fs::rename(m.p("a"), m.p("z"))), libc::EROFS);
 }
+
+fn mount_options(m: &Mounted<'_>) -> String {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == m.path.to_str())
+        .unwrap()
+        .to_string();
+    line.split(' ').nth(3).unwrap().to_string()
+}
+
+#[test]
+fn devices_need_dev_and_setuid_needs_suid() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    assert!(
+        Command::new("mknod")
+            .arg(f.lower(0).join("null"))
+            .args(["c", "1", "3"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let m = f.mount();
+    let opts = mount_options(&m);
+    assert!(opts.contains("nodev") && opts.contains("nosuid"), "{opts}");
+    assert_eq!(errno(fs::write(m.p("null"), "x")), libc::EACCES);
+    drop(m);
+    let m = f.mount_with(&["-o", "dev,suid"]);
+    let opts = mount_options(&m);
+    assert!(
+        !opts.contains("nodev") && !opts.contains("nosuid"),
+        "{opts}"
+    );
+    fs::write(m.p("null"), "x").unwrap();
+}
