@@ -80,6 +80,12 @@ impl Inode {
         self.place.read().clone()
     }
 
+    /// How many layers hold the object (without copying the place).
+    pub fn layer_count(&self) -> usize {
+        let p = self.place.read();
+        usize::from(p.upper) + p.lowers.len()
+    }
+
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
     }

@@ -319,11 +319,8 @@ impl LayerFs {
     fn shown(&self, node: &Inode, mut st: Stat) -> Attr {
         st.st_ino = node.ino;
         (st.st_uid, st.st_gid) = self.cfg.owners.show(st.st_uid, st.st_gid);
-        if node.is_dir() {
-            let p = node.place();
-            if usize::from(p.upper) + p.lowers.len() > 1 {
-                st.st_nlink = 1;
-            }
+        if node.is_dir() && node.layer_count() > 1 {
+            st.st_nlink = 1;
         }
         Attr { ino: node.ino, st }
     }

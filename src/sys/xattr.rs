@@ -45,66 +45,40 @@ impl XattrTarget {
     /// The value of xattr `name`, or ENODATA.
     pub fn get(&self, name: &OsStr) -> io::Result<Vec<u8>> {
         let n = cstr(name)?;
-        let mut buf = vec![0u8; 256];
-        loop {
+        let get = if self.follow {
+            libc::getxattr
+        } else {
+            libc::lgetxattr
+        };
+        read_growing(256, 1 << 20, |buf| {
             // SAFETY: both strings are valid and `buf` is writable for its length.
-            let r = unsafe {
-                if self.follow {
-                    libc::getxattr(
-                        self.path.as_ptr(),
-                        n.as_ptr(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                    )
-                } else {
-                    libc::lgetxattr(
-                        self.path.as_ptr(),
-                        n.as_ptr(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                    )
-                }
-            };
-            match check_size(r) {
-                Ok(len) => {
-                    buf.truncate(len);
-                    return Ok(buf);
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < 1 << 20 => {
-                    buf.resize(buf.len() * 4, 0);
-                }
-                Err(e) => return Err(e),
+            unsafe {
+                get(
+                    self.path.as_ptr(),
+                    n.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
             }
-        }
+        })
     }
 
     /// The names of all xattrs, each without its NUL.
     pub fn list(&self) -> io::Result<Vec<OsString>> {
-        let mut buf = vec![0u8; 1024];
-        loop {
+        let list = if self.follow {
+            libc::listxattr
+        } else {
+            libc::llistxattr
+        };
+        let buf = read_growing(1024, 1 << 22, |buf| {
             // SAFETY: the path is a valid C string and `buf` is writable for its length.
-            let r = unsafe {
-                if self.follow {
-                    libc::listxattr(self.path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-                } else {
-                    libc::llistxattr(self.path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-                }
-            };
-            match check_size(r) {
-                Ok(len) => {
-                    buf.truncate(len);
-                    return Ok(buf
-                        .split(|b| *b == 0)
-                        .filter(|s| !s.is_empty())
-                        .map(|s| OsStr::from_bytes(s).to_os_string())
-                        .collect());
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < 1 << 22 => {
-                    buf.resize(buf.len() * 4, 0);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+            unsafe { list(self.path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
+        })?;
+        Ok(buf
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| OsStr::from_bytes(s).to_os_string())
+            .collect())
     }
 
     pub fn set(&self, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
@@ -143,5 +117,26 @@ impl XattrTarget {
             }
         })
         .map(drop)
+    }
+}
+
+/// Calls `read` with a buffer that grows on ERANGE up to `limit` bytes; returns what it read.
+fn read_growing(
+    initial: usize,
+    limit: usize,
+    mut read: impl FnMut(&mut [u8]) -> libc::ssize_t,
+) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; initial];
+    loop {
+        match check_size(read(&mut buf)) {
+            Ok(len) => {
+                buf.truncate(len);
+                return Ok(buf);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < limit => {
+                buf.resize(buf.len() * 4, 0);
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
