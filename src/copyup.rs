@@ -15,7 +15,6 @@ use std::sync::Arc;
 use crate::inode::{Ino, Inode};
 use crate::sys::{self, SetTime, Stat};
 use crate::union::{LayerFs, Resolved, errno};
-use crate::whiteout;
 
 /// Whether a copy-up carries the file's content (not needed before a truncate to zero).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,13 +40,20 @@ impl LayerFs {
         let lower = *place.lowers.first().ok_or_else(|| errno(libc::ENOENT))?;
         let parent_path = self.path_of(place.parent)?;
         let src_dir = self.layers.get(lower).open_dir(&parent_path)?;
-        let st = sys::fstatat(src_dir.as_fd(), &place.name)?;
+        let src = Source {
+            dir: src_dir.as_fd(),
+            name: &place.name,
+            real: sys::fstatat(src_dir.as_fd(), &place.name)?,
+        };
+        let shown = self.stat_at(lower, src.dir, src.name)?;
+        let st = src.real;
         let dst_dir = upper.open_dir(&parent_path)?;
         let parent_st = sys::fstat(dst_dir.as_fd())?;
         let work = self.work()?;
         let tmp = work.temp_name();
-        let built =
-            build_copy(src_dir.as_fd(), &place.name, &st, work.fd(), &tmp, data).and_then(|()| {
+        let built = self
+            .build_copy(&src, &shown, work.fd(), &tmp, data)
+            .and_then(|()| {
                 sys::renameat2(
                     work.fd(),
                     &tmp,
@@ -122,81 +128,92 @@ fn restore_times(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> io::Result<()>
     )
 }
 
-/// Builds a copy of `src_dir/name` (stat `st`) at `work/tmp` with its metadata.
-fn build_copy(
-    src_dir: BorrowedFd<'_>,
-    name: &OsStr,
-    st: &Stat,
-    work: BorrowedFd<'_>,
-    tmp: &OsStr,
-    data: CopyData,
-) -> io::Result<()> {
-    let fmt = st.st_mode & libc::S_IFMT;
-    match fmt {
-        libc::S_IFREG => {
-            let src = File::from(sys::openat(
-                src_dir,
-                name,
-                libc::O_RDONLY | libc::O_NOFOLLOW,
-                0,
-            )?);
-            let dst = File::from(sys::openat(
-                work,
-                tmp,
-                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
-                0o600,
-            )?);
-            if data == CopyData::Full {
-                copy_data(&src, &dst, st.st_size as u64)?;
+/// The lower object a copy-up copies: its directory, name and real stat.
+struct Source<'a> {
+    dir: BorrowedFd<'a>,
+    name: &'a OsStr,
+    real: Stat,
+}
+
+impl LayerFs {
+    /// Builds a copy of `src` at `work/tmp` that shows as `shown` (the source as the
+    /// mount shows it: owner/mode overrides applied).
+    fn build_copy(
+        &self,
+        src: &Source<'_>,
+        shown: &Stat,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        data: CopyData,
+    ) -> io::Result<()> {
+        let real_fmt = src.real.st_mode & libc::S_IFMT;
+        let shown_fmt = shown.st_mode & libc::S_IFMT;
+        // A regular file standing in for a device becomes the device in an upper that
+        // keeps no overrides.
+        let fmt = if self.upper_keeps_overrides() {
+            real_fmt
+        } else {
+            shown_fmt
+        };
+        match fmt {
+            libc::S_IFREG => {
+                let from = File::from(sys::openat(
+                    src.dir,
+                    src.name,
+                    libc::O_RDONLY | libc::O_NOFOLLOW,
+                    0,
+                )?);
+                let to = File::from(sys::openat(
+                    work,
+                    tmp,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+                    0o600,
+                )?);
+                if data == CopyData::Full {
+                    copy_data(&from, &to, src.real.st_size as u64)?;
+                }
             }
+            libc::S_IFDIR => sys::mkdirat(work, tmp, 0o700)?,
+            libc::S_IFLNK => sys::symlinkat(&sys::readlinkat(src.dir, src.name)?, work, tmp)?,
+            _ => sys::mknodat(work, tmp, fmt | 0o600, shown.st_rdev)?,
         }
-        libc::S_IFDIR => sys::mkdirat(work, tmp, 0o700)?,
-        libc::S_IFLNK => sys::symlinkat(&sys::readlinkat(src_dir, name)?, work, tmp)?,
-        _ => sys::mknodat(work, tmp, st.st_mode, st.st_rdev)?,
+        self.copy_xattrs(
+            &sys::XattrTarget::at(src.dir, src.name)?,
+            &sys::XattrTarget::at(work, tmp)?,
+        )?;
+        self.give_owner_mode(work, tmp, shown)?;
+        restore_times(work, tmp, shown)
     }
-    copy_xattrs(
-        &sys::XattrTarget::at(src_dir, name)?,
-        &sys::XattrTarget::at(work, tmp)?,
-    )?;
-    set_metadata(work, tmp, st)
-}
 
-/// Gives `dir/name` the owner, mode and times of `st` (owner first: chown clears setuid).
-pub(crate) fn set_metadata(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> io::Result<()> {
-    chown(dir, name, st.st_uid, st.st_gid)?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
-        let fd = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        sys::fchmod(fd.as_fd(), st.st_mode & 0o7777)?;
-    }
-    restore_times(dir, name, st)
-}
-
-/// Copies every xattr but overlay's own; security xattrs the upper refuses are skipped.
-fn copy_xattrs(src: &sys::XattrTarget, dst: &sys::XattrTarget) -> io::Result<()> {
-    let names = match src.list() {
-        Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for n in names {
-        if whiteout::is_internal_xattr(&n) {
-            continue;
-        }
-        let value = match src.get(&n) {
-            Ok(v) => v,
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+    /// Copies every xattr but layer metadata; security xattrs the upper refuses are
+    /// skipped.
+    fn copy_xattrs(&self, src: &sys::XattrTarget, dst: &sys::XattrTarget) -> io::Result<()> {
+        let names = match src.list() {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(()),
             Err(e) => return Err(e),
         };
-        if let Err(e) = dst.set(&n, &value, 0) {
-            let skippable = matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EPERM))
-                && n.as_encoded_bytes().starts_with(b"security.");
-            if !skippable {
-                return Err(e);
+        for n in names {
+            if self.is_internal_xattr(&n) {
+                continue;
             }
-            log::warn!("copy-up: skipping xattr {n:?}: {e}");
+            let value = match src.get(&n) {
+                Ok(v) => v,
+                Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+                Err(e) => return Err(e),
+            };
+            if let Err(e) = dst.set(&n, &value, 0) {
+                let skippable =
+                    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EPERM))
+                        && n.as_encoded_bytes().starts_with(b"security.");
+                if !skippable {
+                    return Err(e);
+                }
+                log::warn!("copy-up: skipping xattr {n:?}: {e}");
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Copies `size` bytes of `src` into `dst`, leaving holes where `src` has them.

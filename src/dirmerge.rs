@@ -97,6 +97,17 @@ impl LayerFs {
                         Err(e) => return Err(e),
                     },
                 };
+                // A regular file may stand in for a device or fifo (owner/mode overrides).
+                let kind = if kind == libc::S_IFREG && self.layers.get(lid).stat_override.is_some()
+                {
+                    match self.stat_at(lid, dir.as_fd(), &raw.name) {
+                        Ok(st) => st.st_mode & libc::S_IFMT,
+                        Err(e) if is_enoent(&e) => continue,
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    kind
+                };
                 let (role, target) = whiteout::classify(&raw.name, rdev_zero);
                 entries.push(LayerEntry {
                     name: target.to_os_string(),

@@ -4,7 +4,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -155,19 +155,49 @@ impl LayerFs {
         self.copy_up(&node, data)?;
         let (dir, name) = self.parent_fd(0, &node)?;
         let dir = dir.as_fd();
-        if change.uid.is_some() || change.gid.is_some() {
-            let owners = &self.cfg.owners;
-            let uid = change.uid.map_or(u32::MAX, |u| owners.store_uid(u));
-            let gid = change.gid.map_or(u32::MAX, |g| owners.store_gid(g));
-            sys::fchownat(dir, &name, uid, gid)?;
+        if change.mode.is_some() && node.kind == libc::S_IFLNK {
+            return Err(errno(libc::EOPNOTSUPP));
         }
-        if let Some(mode) = change.mode {
-            if node.kind == libc::S_IFLNK {
-                return Err(errno(libc::EOPNOTSUPP));
+        let owners = &self.cfg.owners;
+        let uid = change.uid.map(|u| owners.store_uid(u));
+        let gid = change.gid.map(|g| owners.store_gid(g));
+        let mode = change.mode.map(|m| m & 0o7777);
+        if (uid.is_some() || gid.is_some() || mode.is_some()) && self.upper_keeps_overrides() {
+            let mut shown = self.stat_at(0, dir, &name)?;
+            shown.st_uid = uid.unwrap_or(shown.st_uid);
+            shown.st_gid = gid.unwrap_or(shown.st_gid);
+            if let Some(m) = mode {
+                shown.st_mode = (shown.st_mode & libc::S_IFMT) | m;
+            } else if (uid.is_some() || gid.is_some()) && !node.is_dir() {
+                // chown clears setuid and setgid (group-executable) as on the inode.
+                let sgid = shown.st_mode & (libc::S_ISGID | libc::S_IXGRP);
+                shown.st_mode &= !libc::S_ISUID;
+                if sgid == libc::S_ISGID | libc::S_IXGRP {
+                    shown.st_mode &= !libc::S_ISGID;
+                }
             }
-            let fd = self.upper_object(dir, &name, libc::O_PATH)?;
-            sys::fchmod(fd.as_fd(), mode & 0o7777)?;
+            if self.store_override(dir, &name, &shown)? {
+                return self.finish_setattr(&node, dir, &name, change);
+            }
         }
+        if uid.is_some() || gid.is_some() {
+            sys::fchownat(dir, &name, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(mode) = mode {
+            let fd = self.upper_object(dir, &name, libc::O_PATH)?;
+            sys::fchmod(fd.as_fd(), mode)?;
+        }
+        self.finish_setattr(&node, dir, &name, change)
+    }
+
+    /// The size and time changes of a setattr, after owner and mode.
+    fn finish_setattr(
+        &self,
+        node: &Inode,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        change: SetAttr,
+    ) -> io::Result<Attr> {
         if let Some(size) = change.size {
             match change.fh.map(|fh| self.open_file(fh)) {
                 Some(Ok(h)) if h.flags & libc::O_ACCMODE != libc::O_RDONLY => {
@@ -181,19 +211,19 @@ impl LayerFs {
                             libc::EINVAL
                         }));
                     }
-                    File::from(self.upper_object(dir, &name, libc::O_WRONLY)?).set_len(size)?
+                    File::from(self.upper_object(dir, name, libc::O_WRONLY)?).set_len(size)?
                 }
             }
         }
         if change.atime.is_some() || change.mtime.is_some() {
             sys::utimensat(
                 dir,
-                &name,
+                name,
                 change.atime.unwrap_or(SetTime::Omit),
                 change.mtime.unwrap_or(SetTime::Omit),
             )?;
         }
-        self.attr_of(&node)
+        self.attr_of(node)
     }
 
     /// Opens `dir/name` (or `dir` itself for "") without following symlinks.

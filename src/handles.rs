@@ -38,6 +38,11 @@ impl OpenFile {
         !self.on_upper.load(Ordering::Acquire) && self.node.in_upper()
     }
 
+    /// Whether the fd is the upper layer's object.
+    pub fn on_upper(&self) -> bool {
+        self.on_upper.load(Ordering::Acquire)
+    }
+
     pub fn replace(&self, file: File) {
         *self.file.write() = file;
         self.on_upper.store(true, Ordering::Release);

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
+use crate::statoverride::OverrideXattr;
 use crate::sys;
 
 /// The position of a layer in the stack: 0 is the upper when there is one, then the lowers
@@ -30,6 +31,8 @@ pub struct Layer {
     pub dev: u64,
     /// Index of this layer's filesystem among the distinct ones (the high bits of inode numbers).
     fs_index: u64,
+    /// Where this layer keeps owner/mode overrides, if it does.
+    pub stat_override: Option<OverrideXattr>,
 }
 
 impl Layer {
@@ -62,8 +65,14 @@ pub struct Layers {
 const INO_BITS: u32 = 48;
 
 impl Layers {
-    /// Opens every layer root. `upper` is `None` for a read-only union.
-    pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> io::Result<Self> {
+    /// Opens every layer root. `upper` is `None` for a read-only union. Each layer keeps
+    /// the owner/mode overrides its root announces; `upper_override` (from
+    /// `xattr_permissions=`) sets the upper's.
+    pub fn open(
+        upper: Option<&Path>,
+        lowers: &[PathBuf],
+        upper_override: Option<OverrideXattr>,
+    ) -> io::Result<Self> {
         let mut layers = Vec::new();
         let mut devs: HashMap<u64, u64> = HashMap::new();
         let all = upper.into_iter().chain(lowers.iter().map(PathBuf::as_path));
@@ -78,12 +87,17 @@ impl Layers {
             let st = sys::fstat(root.as_fd())?;
             let next = devs.len() as u64;
             let fs_index = *devs.entry(st.st_dev).or_insert(next);
+            let stat_override = match upper_override {
+                Some(o) if i == 0 && upper.is_some() => Some(o),
+                _ => OverrideXattr::detect(root.as_fd())?,
+            };
             layers.push(Layer {
                 id: i as LayerId,
                 path: path.to_path_buf(),
                 root,
                 dev: st.st_dev,
                 fs_index,
+                stat_override,
             });
         }
         Ok(Layers {
@@ -106,6 +120,11 @@ impl Layers {
     pub fn writable(&self) -> io::Result<&Layer> {
         self.upper()
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EROFS))
+    }
+
+    /// Whether any layer keeps owner/mode overrides.
+    pub fn any_override(&self) -> bool {
+        self.layers.iter().any(|l| l.stat_override.is_some())
     }
 
     pub fn is_upper(&self, id: LayerId) -> bool {

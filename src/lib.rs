@@ -16,6 +16,7 @@ pub mod layers;
 pub mod namespace;
 pub mod options;
 pub mod setup;
+pub mod statoverride;
 pub mod sys;
 pub mod union;
 pub mod whiteout;

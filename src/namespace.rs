@@ -138,7 +138,7 @@ impl LayerFs {
     ) -> io::Result<Attr> {
         let parent = self.node(parent)?;
         let slot = self.slot(&parent, name)?;
-        let pst = sys::fstat(slot.dir.as_fd())?;
+        let pst = self.stat_at(0, slot.dir.as_fd(), OsStr::new(""))?;
         let (fmt, mode) = match object {
             NewObject::File { mode } => (libc::S_IFREG, mode),
             NewObject::Dir { mode } => (libc::S_IFDIR, mode),
@@ -151,25 +151,37 @@ impl LayerFs {
         };
         let own = ownership(&pst, caller, mode, fmt == libc::S_IFDIR);
         let (wformat, ns) = (self.cfg.whiteout, self.cfg.xattr_ns);
+        let keeps_overrides = self.upper_keeps_overrides();
         self.install(&slot, |work, tmp| {
-            match object {
-                NewObject::File { .. } => drop(sys::openat(
+            let create_file = || {
+                sys::openat(
                     work,
                     tmp,
                     libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
-                    own.mode & 0o777,
-                )?),
-                NewObject::Dir { .. } => sys::mkdirat(work, tmp, own.mode & 0o777)?,
-                NewObject::Node { rdev, .. } => {
-                    sys::mknodat(work, tmp, fmt | (own.mode & 0o777), rdev)?
-                }
+                    0o600,
+                )
+                .map(drop)
+            };
+            match object {
+                NewObject::File { .. } => create_file()?,
+                NewObject::Dir { .. } => sys::mkdirat(work, tmp, 0o700)?,
+                NewObject::Node { rdev, .. } => match sys::mknodat(work, tmp, fmt | 0o600, rdev) {
+                    // Without the right to make devices, an upper that keeps overrides
+                    // records the device in a regular file's override.
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) && keeps_overrides => {
+                        create_file()?
+                    }
+                    r => r?,
+                },
                 NewObject::Symlink { target } => sys::symlinkat(target, work, tmp)?,
             }
-            crate::copyup::chown(work, tmp, own.uid, own.gid)?;
-            if fmt != libc::S_IFLNK && own.mode & 0o7000 != 0 {
-                let fd = sys::openat(work, tmp, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-                sys::fchmod(fd.as_fd(), own.mode)?;
+            let mut shown = sys::fstatat(work, tmp)?;
+            shown.st_mode = fmt | own.mode;
+            (shown.st_uid, shown.st_gid) = (own.uid, own.gid);
+            if let NewObject::Node { rdev, .. } = object {
+                shown.st_rdev = rdev;
             }
+            self.give_owner_mode(work, tmp, &shown)?;
             if fmt == libc::S_IFDIR && slot.opaque {
                 whiteout::set_opaque(work, tmp, wformat, ns)?;
             }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use crate::idmap::{IdMap, Owners};
 use crate::layers::MAX_LOWERS;
+use crate::statoverride::OverrideXattr;
 use crate::whiteout::WhiteoutFormat;
 
 /// A command-line mistake, shown to the user as one line.
@@ -59,6 +60,8 @@ pub struct MountSpec {
     pub timeout: std::time::Duration,
     /// `noxattrs=1`: extended attributes are not supported through the mount.
     pub xattrs: bool,
+    /// `xattr_permissions=1|2`: the upper keeps owner and mode in this xattr.
+    pub xattr_permissions: Option<OverrideXattr>,
 }
 
 /// The default kernel cache timeout for entries and attributes.
@@ -92,6 +95,7 @@ impl MountSpec {
             owners: Owners::default(),
             timeout: DEFAULT_TIMEOUT,
             xattrs: true,
+            xattr_permissions: None,
         }
     }
 
@@ -266,7 +270,8 @@ impl MountSpec {
                 }
             }
             "xattr_permissions" => {
-                return usage(format!("option '{key}' is not supported yet"));
+                self.xattr_permissions =
+                    OverrideXattr::from_option(&text(value)?).map_err(UsageError)?;
             }
             _ if key.starts_with("x-") || key.starts_with("comment=") => {}
             _ => return usage(format!("unknown mount option '{key}'")),
@@ -420,7 +425,8 @@ mod tests {
         assert!(spec("lowerdir=/a,uidmapping=0:1").is_err());
         assert!(spec("lowerdir=/a,timeout=-1").is_err());
         assert!(spec("lowerdir=/a,squash_to_uid=x").is_err());
-        assert!(spec("lowerdir=/a,xattr_permissions=2").is_err());
+        assert!(spec("lowerdir=/a,xattr_permissions=3").is_err());
+        assert!(spec("lowerdir=/a,xattr_permissions").is_err());
         assert!(spec("lowerdir=/a,redirect_dir=on").is_err());
         assert!(spec("upperdir=/u").unwrap().check().is_err());
     }
@@ -441,6 +447,10 @@ mod tests {
         assert!(!s.xattrs);
         assert_eq!(s.timeout, std::time::Duration::from_secs(30));
         assert_eq!(s.threads, 1);
+        let x = spec("lowerdir=/a,xattr_permissions=2").unwrap();
+        assert_eq!(x.xattr_permissions, Some(OverrideXattr::Containers));
+        let x = spec("lowerdir=/a,xattr_permissions=1,xattr_permissions=0").unwrap();
+        assert_eq!(x.xattr_permissions, None);
         let r = spec("lowerdir=/a,squash_to_root").unwrap();
         assert_eq!(
             (r.owners.squash_uid, r.owners.squash_gid),

@@ -4,11 +4,14 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::layers::Layers;
 use crate::options::{MountSpec, UsageError};
+use crate::statoverride::{OverrideXattr, StatOverride};
+use crate::sys;
 use crate::union::FsConfig;
 use crate::whiteout::{WhiteoutFormat, XattrNs};
 use crate::workdir::WorkDir;
@@ -212,8 +215,18 @@ fn open_layers(
     lowers: &[PathBuf],
     workdir: Option<&Path>,
 ) -> Result<(Layers, Option<WorkDir>), UsageError> {
-    let layers = Layers::open(upper, lowers)
+    let layers = Layers::open(upper, lowers, spec.xattr_permissions)
         .map_err(|e| UsageError(format!("opening the layers: {}", plain(&e))))?;
+    if let (Some(kind), Some(u)) = (spec.xattr_permissions, layers.upper()) {
+        mark_override(u.root(), kind).map_err(|e| {
+            UsageError(format!(
+                "xattr_permissions: cannot write {} in upper layer {}: {}",
+                kind.name().to_string_lossy(),
+                u.path.display(),
+                plain(&e)
+            ))
+        })?;
+    }
     let work = match workdir {
         Some(w) => {
             let err = |e: io::Error| UsageError(format!("workdir {}: {}", w.display(), plain(&e)));
@@ -257,6 +270,20 @@ fn check_workdir(upper: &Path, work: &Path, lowers: &[PathBuf]) -> Result<(), Us
         ));
     }
     Ok(())
+}
+
+/// Records on the upper root that the layer keeps overrides (so it reads back the same
+/// way when it later becomes a lower), unless the root already says so.
+fn mark_override(root: BorrowedFd<'_>, kind: OverrideXattr) -> io::Result<()> {
+    let target = sys::XattrTarget::fd(root)?;
+    match target.get(kind.name()) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {
+            let st = sys::fstat(root)?;
+            target.set(kind.name(), &StatOverride::of_stat(&st).encode(), 0)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `WORKDIR/work/incompat/volatile`, as kernel overlayfs leaves for a volatile mount.

@@ -18,7 +18,7 @@ use crate::handles::{HandleTable, OpenDir, OpenFile};
 use crate::idmap::Owners;
 use crate::inode::{Ino, Inode, InodeTable, Place, ROOT};
 use crate::layers::{LayerId, Layers};
-use crate::sys::{self, Stat};
+use crate::sys::{self, Stat, XattrTarget};
 use crate::whiteout::{self, WhiteoutFormat, XattrNs};
 use crate::workdir::WorkDir;
 
@@ -207,6 +207,8 @@ impl LayerFs {
             let last = i + 1 == all.len();
             match &mut found {
                 None => {
+                    let mut st = st;
+                    self.apply_override(lid, || XattrTarget::at(dir.as_fd(), name), &mut st)?;
                     let place = Place {
                         parent: parent.ino,
                         name: name.to_os_string(),
@@ -291,22 +293,33 @@ impl LayerFs {
     pub fn getattr(&self, ino: Ino, fh: Option<u64>) -> io::Result<Attr> {
         let node = self.node(ino)?;
         if let Some(h) = fh.and_then(|fh| self.files.get(fh).ok()) {
-            let st = sys::fstat(h.file().as_fd())?;
-            return Ok(self.shown(&node, st));
+            return Ok(self.shown(&node, self.open_file_stat(&h)?));
         }
         self.attr_of(&node)
+    }
+
+    /// The stat of the object behind an open file handle (override applied).
+    fn open_file_stat(&self, h: &OpenFile) -> io::Result<Stat> {
+        let file = h.file();
+        let mut st = sys::fstat(file.as_fd())?;
+        let layer = match (h.on_upper(), h.node.place().lowers.first()) {
+            (false, Some(&l)) => l,
+            _ => 0,
+        };
+        self.apply_override(layer, || XattrTarget::fd(file.as_fd()), &mut st)?;
+        Ok(st)
     }
 
     pub(crate) fn attr_of(&self, node: &Inode) -> io::Result<Attr> {
         let top = node.place().top().ok_or_else(|| errno(libc::ENOENT))?;
         let st = match self
             .parent_fd(top, node)
-            .and_then(|(dir, name)| sys::fstatat(dir.as_fd(), &name))
+            .and_then(|(dir, name)| self.stat_at(top, dir.as_fd(), &name))
         {
             Ok(st) => st,
             // Unlinked but still open: the open file answers.
             Err(e) if is_enoent(&e) => match self.files.find(|h| h.node.ino == node.ino) {
-                Some(h) => sys::fstat(h.file().as_fd())?,
+                Some(h) => self.open_file_stat(&h)?,
                 None => return Err(e),
             },
             Err(e) => return Err(e),

@@ -8,24 +8,25 @@ use std::os::fd::AsFd;
 
 use crate::copyup::CopyData;
 use crate::inode::{Ino, Inode};
+use crate::statoverride;
 use crate::sys::XattrTarget;
 use crate::union::{LayerFs, errno};
 use crate::whiteout;
 
-fn refuse_internal(name: &OsStr) -> io::Result<()> {
-    if whiteout::is_internal_xattr(name) {
-        return Err(errno(libc::EOPNOTSUPP));
-    }
-    Ok(())
-}
-
 impl LayerFs {
-    /// EOPNOTSUPP when the mount serves no xattrs (`noxattrs=1`), else checks `name`.
+    /// Is `name` layer metadata: overlay's and layerfs's own xattrs, and the owner/mode
+    /// overrides while a layer uses them?
+    pub(crate) fn is_internal_xattr(&self, name: &OsStr) -> bool {
+        whiteout::is_internal_xattr(name)
+            || (self.overrides_active() && statoverride::is_override_xattr(name))
+    }
+
+    /// EOPNOTSUPP when the mount serves no xattrs (`noxattrs=1`) or `name` is internal.
     fn xattr_allowed(&self, name: Option<&OsStr>) -> io::Result<()> {
-        if !self.cfg.xattrs {
+        if !self.cfg.xattrs || name.is_some_and(|n| self.is_internal_xattr(n)) {
             return Err(errno(libc::EOPNOTSUPP));
         }
-        name.map_or(Ok(()), refuse_internal)
+        Ok(())
     }
 
     fn shown_target(&self, node: &Inode) -> io::Result<(std::os::fd::OwnedFd, OsString)> {
@@ -45,7 +46,7 @@ impl LayerFs {
         let node = self.node(ino)?;
         let (dir, n) = self.shown_target(&node)?;
         let mut names = XattrTarget::at(dir.as_fd(), &n)?.list()?;
-        names.retain(|x| !whiteout::is_internal_xattr(x));
+        names.retain(|x| !self.is_internal_xattr(x));
         Ok(names)
     }
 

@@ -9,10 +9,16 @@ use std::process::{Command, Output};
 /// A podman with its own store in a temp dir, using layerfs as mount program.
 struct Podman {
     dir: tempfile::TempDir,
+    /// Extra `--storage-opt` values.
+    storage_opts: Vec<String>,
 }
 
 impl Podman {
     fn new() -> Self {
+        Self::with_storage_opts(&[])
+    }
+
+    fn with_storage_opts(opts: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("layerfs-podman")
             .tempdir()
@@ -22,7 +28,10 @@ impl Podman {
             "[containers]\ndefault_ulimits = []\n[engine]\nruntime = \"runc\"\n",
         )
         .unwrap();
-        Podman { dir }
+        Podman {
+            dir,
+            storage_opts: opts.iter().map(|o| format!("--storage-opt={o}")).collect(),
+        }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -37,6 +46,7 @@ impl Podman {
             .arg(d.join("runroot"))
             .args(["--storage-driver", "overlay", "--runtime", "runc"])
             .arg(format!("--storage-opt=overlay.mount_program={BIN}"))
+            .args(&self.storage_opts)
             .args(args)
             .output()
             .unwrap()
@@ -242,4 +252,66 @@ fn containers_on_layerfs() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// With `force_mask`, containers/storage keeps owners and modes in
+/// `user.containers.override_stat` and mounts with `xattr_permissions=2`: the container
+/// sees and changes the owners in the xattrs, and a commit carries them.
+#[test]
+fn force_mask_keeps_owners_in_xattrs() {
+    require_fuse!();
+    if !podman_available() {
+        return;
+    }
+    let p = Podman::with_storage_opts(&["overlay.force_mask=shared"]);
+    p.import_busybox("localhost/lfs-fm:1");
+    let script = "chown 3:4 /data/file && echo n > /data/n && chown 11:12 /data/n && \
+                  chmod 600 /data/n && mkdir -m 710 /data/d && \
+                  busybox stat -c '%u:%g %a %n' /data/file /data/n /data/d /bin/busybox";
+    let out = p.ok(&[
+        "run",
+        "--name",
+        "c1",
+        "localhost/lfs-fm:1",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(
+        out,
+        "3:4 644 /data/file\n11:12 600 /data/n\n0:0 710 /data/d\n0:0 755 /bin/busybox\n"
+    );
+    // On disk the files belong to the engine; the owners are in the xattrs.
+    let store = p.dir.path().join("root/overlay");
+    let mut seen = false;
+    for e in fs::read_dir(&store).unwrap().flatten() {
+        let n = e.path().join("diff/data/n");
+        if let Ok(Some(v)) = xattr::get(&n, "user.containers.override_stat") {
+            assert!(
+                String::from_utf8_lossy(&v).starts_with("11:12:0600"),
+                "{v:?}"
+            );
+            seen = true;
+        }
+    }
+    assert!(seen, "no override xattr in any upper");
+    p.ok(&["commit", "-q", "c1", "localhost/lfs-fm:2"]);
+    let out = p.ok(&[
+        "run",
+        "--rm",
+        "localhost/lfs-fm:2",
+        "busybox",
+        "stat",
+        "-c",
+        "%u:%g %a %n",
+        "/data/file",
+        "/data/n",
+        "/data/d",
+    ]);
+    assert_eq!(
+        out,
+        "3:4 644 /data/file\n11:12 600 /data/n\n0:0 710 /data/d\n"
+    );
+    p.ok(&["rm", "-f", "-t", "0", "c1"]);
+    assert!(leftovers(&p).is_empty(), "left behind: {:?}", leftovers(&p));
 }
