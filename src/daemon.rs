@@ -169,6 +169,11 @@ fn serve(
             return fail(msg);
         }
     };
+    // What the signal thread syncs after unmounting (the session, which would, is cut off).
+    let sync_on_signal = match (&fs.cfg.fsync, fs.layers.upper()) {
+        (true, Some(u)) => u.root().try_clone_to_owned().ok(),
+        _ => None,
+    };
     let acl = if spec.allow_other {
         SessionACL::All
     } else if spec.allow_root {
@@ -200,7 +205,7 @@ fn serve(
             return fail(msg);
         }
     };
-    spawn_signal_thread(mountpoint.clone());
+    spawn_signal_thread(mountpoint.clone(), sync_on_signal);
     let detached = ready.is_some();
     tell(ready, "ok");
     if detached {
@@ -213,13 +218,18 @@ fn serve(
     }
 }
 
-fn spawn_signal_thread(mountpoint: PathBuf) {
+fn spawn_signal_thread(mountpoint: PathBuf, upper: Option<OwnedFd>) {
     let r = std::thread::Builder::new()
         .name("layerfs-signals".into())
         .spawn(move || {
             if let Ok(sig) = sys::wait_stop_signal() {
                 log::info!("signal {sig}: unmounting {}", mountpoint.display());
                 unmount_detached(&mountpoint);
+                if let Some(fd) = upper
+                    && let Err(e) = sys::syncfs(fd.as_fd())
+                {
+                    log::error!("syncing the upper layer: {e}");
+                }
                 std::process::exit(0);
             }
         });

@@ -46,23 +46,23 @@ fn wants_write(flags: i32) -> bool {
 }
 
 impl LayerFs {
-    /// Opens the real object of `node` with `flags` (never following a symlink).
+    /// Opens the real object of `node` with `flags` (never following a symlink). The name
+    /// is first opened `O_PATH` and checked to still hold `node`'s object, so a request
+    /// racing with an unlink or rename never opens (with side effects) whatever replaced it.
     fn open_real(&self, node: &Inode, flags: i32) -> io::Result<(File, bool)> {
         let place = node.place();
         let top = place.top().ok_or_else(|| errno(libc::ENOENT))?;
-        let (dir, name) = self.parent_fd(top, node)?;
-        let name = if name.is_empty() {
-            OsString::from(".")
+        let (dir, name) = self.object_fd(top, node)?;
+        let fd = if name.is_empty() {
+            dir
         } else {
-            name
+            let path = sys::openat(dir.as_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            let st = sys::fstat(path.as_fd())?;
+            self.same_object(node, top, st)?;
+            path
         };
-        let fd = sys::openat(
-            dir.as_fd(),
-            &name,
-            (flags & !STRIP_FLAGS) | libc::O_NOFOLLOW,
-            0,
-        )?;
-        Ok((File::from(fd), place.upper))
+        let file = sys::reopen(fd.as_fd(), flags & !(STRIP_FLAGS | libc::O_NOFOLLOW))?;
+        Ok((File::from(file), place.upper))
     }
 
     /// open(2): copies up first when the file is opened for writing or truncation.
@@ -153,9 +153,9 @@ impl LayerFs {
             CopyData::Full
         };
         self.copy_up(&node, data)?;
-        let (dir, name) = self.parent_fd(0, &node)?;
+        let (dir, name) = self.object_fd(0, &node)?;
         let dir = dir.as_fd();
-        if change.mode.is_some() && node.kind == libc::S_IFLNK {
+        if change.mode.is_some() && node.kind() == libc::S_IFLNK {
             return Err(errno(libc::EOPNOTSUPP));
         }
         let owners = &self.cfg.owners;
@@ -204,7 +204,7 @@ impl LayerFs {
                     h.file().set_len(size)?
                 }
                 _ => {
-                    if node.kind != libc::S_IFREG {
+                    if node.kind() != libc::S_IFREG {
                         return Err(errno(if node.is_dir() {
                             libc::EISDIR
                         } else {
@@ -233,17 +233,16 @@ impl LayerFs {
         name: &OsStr,
         flags: i32,
     ) -> io::Result<std::os::fd::OwnedFd> {
-        let name = if name.is_empty() {
-            OsStr::new(".")
-        } else {
-            name
-        };
+        if name.is_empty() {
+            // The layer root, or an unlinked object's open fd.
+            return sys::reopen(dir, flags & !libc::O_NOFOLLOW);
+        }
         sys::openat(dir, name, flags | libc::O_NOFOLLOW, 0)
     }
 
     pub fn readlink(&self, ino: Ino) -> io::Result<OsString> {
         let node = self.node(ino)?;
-        if node.kind != libc::S_IFLNK {
+        if node.kind() != libc::S_IFLNK {
             return Err(errno(libc::EINVAL));
         }
         let top = node.place().top().ok_or_else(|| errno(libc::ENOENT))?;

@@ -126,7 +126,7 @@ fn caller(req: &Request) -> Caller {
 
 fn reply_entry(op: &str, r: io::Result<Attr>, ttl: Duration, reply: ReplyEntry) {
     match r {
-        Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+        Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
         Err(e) => reply.error(errno(op, e)),
     }
 }
@@ -148,6 +148,10 @@ fn reply_xattr(op: &str, r: io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
 }
 
 impl Filesystem for FuseFs {
+    fn destroy(&mut self) {
+        self.0.shutdown();
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!("lookup {} {name:?}", parent.0);
         reply_entry(
@@ -545,7 +549,7 @@ impl Filesystem for FuseFs {
             Ok((a, fh)) => reply.created(
                 &self.1,
                 &file_attr(&a),
-                Generation(0),
+                Generation(a.generation),
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),

@@ -8,9 +8,10 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
@@ -37,6 +38,17 @@ pub struct Place {
     /// Other names of a hard-linked object seen by lookups, so that removing the name above
     /// leaves the inode reachable through another.
     pub other_names: Vec<(Ino, OsString)>,
+    /// Every known name is gone (unlinked or replaced while the kernel still holds the
+    /// inode, e.g. an open file): the object is reachable only through open handles.
+    pub unlinked: bool,
+    /// The object's last link went with the last known name: a lookup finding the same
+    /// inode number has found a new object.
+    pub deleted: bool,
+    /// For an unlinked inode: an `O_PATH` fd of its object (in that layer), taken just
+    /// before the last name went. The kernel may still use the inode (a process inside a
+    /// removed directory, a walk racing the removal); this keeps the object reachable and
+    /// its real inode number from being reused until the kernel forgets the inode.
+    pub held: Option<(LayerId, Arc<OwnedFd>)>,
 }
 
 impl Place {
@@ -63,7 +75,11 @@ impl Place {
 pub struct Inode {
     pub ino: Ino,
     /// `S_IFMT` bits of the object.
-    pub kind: u32,
+    kind: AtomicU32,
+    /// Bumped when the inode number comes back for a different object (the real inode
+    /// number was freed and reused while the kernel still held the old one), so the
+    /// kernel drops its stale inode.
+    generation: AtomicU64,
     lookups: AtomicU64,
     place: RwLock<Place>,
     /// Set once the object is in the upper layer (readers switch their fds over).
@@ -86,8 +102,17 @@ impl Inode {
         usize::from(p.upper) + p.lowers.len()
     }
 
+    /// `S_IFMT` bits of the object.
+    pub fn kind(&self) -> u32 {
+        self.kind.load(Ordering::Acquire)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     pub fn is_dir(&self) -> bool {
-        self.kind == libc::S_IFDIR
+        self.kind() == libc::S_IFDIR
     }
 
     /// Keeps the inode in the table for the mount's life.
@@ -123,16 +148,38 @@ impl Inode {
     }
 
     /// Forgets the name `parent/name` (unlinked or replaced); another known name, if any,
-    /// takes its place.
-    pub fn drop_name(&self, parent: Ino, name: &OsStr) {
+    /// takes its place. `last_link`: the object itself is gone with this name; `held`: an
+    /// fd of the object taken before the removal, kept if no known name is left.
+    pub fn drop_name(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        last_link: bool,
+        held: Option<(LayerId, OwnedFd)>,
+    ) {
         let mut p = self.place.write();
         if p.parent == parent && p.name == name {
-            if let Some((i, n)) = p.other_names.pop() {
-                (p.parent, p.name) = (i, n);
+            match p.other_names.pop() {
+                Some((i, n)) => (p.parent, p.name) = (i, n),
+                None => {
+                    p.unlinked = true;
+                    p.deleted = last_link;
+                    p.held = held.map(|(l, fd)| (l, Arc::new(fd)));
+                }
             }
         } else {
             p.other_names.retain(|(i, n)| !(*i == parent && n == name));
         }
+    }
+
+    /// The inode number now names a different object: start over with it.
+    fn reincarnate(&self, kind: u32, place: Place) {
+        let mut cur = self.place.write();
+        self.kind.store(kind, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.copied_up.store(place.upper, Ordering::Release);
+        self.pinned.store(false, Ordering::Release);
+        *cur = place;
     }
 
     fn refresh(&self, mut place: Place) {
@@ -175,7 +222,8 @@ impl InodeTable {
             ROOT,
             Arc::new(Inode {
                 ino: ROOT,
-                kind: libc::S_IFDIR,
+                kind: AtomicU32::new(libc::S_IFDIR),
+                generation: AtomicU64::new(0),
                 lookups: AtomicU64::new(1),
                 place: RwLock::new(root),
                 copied_up: AtomicBool::new(upper),
@@ -199,7 +247,8 @@ impl InodeTable {
         let entry = self.map.entry(ino).or_insert_with(|| {
             Arc::new(Inode {
                 ino,
-                kind,
+                kind: AtomicU32::new(kind),
+                generation: AtomicU64::new(0),
                 lookups: AtomicU64::new(0),
                 place: RwLock::new(place.clone()),
                 copied_up: AtomicBool::new(place.upper),
@@ -210,7 +259,11 @@ impl InodeTable {
         let inode = Arc::clone(&entry);
         inode.lookups.fetch_add(1, Ordering::AcqRel);
         drop(entry);
-        inode.refresh(place);
+        if inode.kind() != kind || inode.place.read().deleted {
+            inode.reincarnate(kind, place);
+        } else {
+            inode.refresh(place);
+        }
         inode
     }
 
@@ -223,7 +276,8 @@ impl InodeTable {
         let upper = place.upper;
         Arc::new(Inode {
             ino,
-            kind,
+            kind: AtomicU32::new(kind),
+            generation: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
             place: RwLock::new(place),
             copied_up: AtomicBool::new(upper),
@@ -283,6 +337,9 @@ mod tests {
             upper: false,
             lowers: vec![1],
             other_names: Vec::new(),
+            unlinked: false,
+            deleted: false,
+            held: None,
         }
     }
 
@@ -309,10 +366,30 @@ mod tests {
         let i = t.remember(20, libc::S_IFREG, place(ROOT, "a"));
         t.remember(20, libc::S_IFREG, place(10, "b"));
         assert_eq!(t.path(20).unwrap(), PathBuf::from("d/b"));
-        i.drop_name(10, OsStr::new("b"));
+        i.drop_name(10, OsStr::new("b"), false, None);
         assert_eq!(t.path(20).unwrap(), PathBuf::from("a"));
         i.rename(ROOT, OsStr::new("a"), 10, OsStr::new("c"));
         assert_eq!(t.path(20).unwrap(), PathBuf::from("d/c"));
+    }
+
+    #[test]
+    fn reused_number_for_another_object_gets_a_new_generation() {
+        let t = InodeTable::new(place(ROOT, ""));
+        let i = t.remember(30, libc::S_IFLNK, place(ROOT, "l"));
+        assert_eq!(i.generation(), 0);
+        // Still known by name: the same object.
+        t.remember(30, libc::S_IFLNK, place(ROOT, "l"));
+        assert_eq!(i.generation(), 0);
+        // Another type under the number: a new object.
+        t.remember(30, libc::S_IFREG, place(ROOT, "f"));
+        assert_eq!((i.generation(), i.kind()), (1, libc::S_IFREG));
+        // Deleted, then the number comes back with the same type.
+        i.drop_name(ROOT, OsStr::new("f"), true, None);
+        assert!(i.place().unlinked);
+        t.remember(30, libc::S_IFREG, place(ROOT, "g"));
+        assert_eq!(i.generation(), 2);
+        assert!(!i.place().unlinked);
+        assert_eq!(t.path(30).unwrap(), PathBuf::from("g"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::copyup::CopyData;
 use crate::inode::{Ino, Inode, Place};
+use crate::layers::LayerId;
 use crate::sys::{self, Stat};
 use crate::union::{Attr, Caller, LayerFs, Resolved, check_new_name, errno, is_dir};
 use crate::whiteout::{self, WhiteoutFormat};
@@ -263,6 +264,8 @@ impl LayerFs {
         if want_dir && !self.is_empty_dir(&self.path_of(parent.ino)?.join(name), &place)? {
             return Err(errno(libc::ENOTEMPTY));
         }
+        let node = self.node(ino).ok();
+        let held = node.as_ref().and_then(|_| self.hold(&parent, name, &place));
         if place.upper {
             let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
             if !place.lowers.is_empty() || self.lower_visible(&parent, name)? {
@@ -270,18 +273,37 @@ impl LayerFs {
             } else {
                 self.remove_upper(dir.as_fd(), name, want_dir)?;
             }
-            if want_dir || st.st_nlink <= 1 {
-                self.aliases.remove(&st.st_ino);
-            }
+            self.forget_alias_if_gone(&st, &place);
         } else {
             self.copy_up(&parent, CopyData::Full)?;
             let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
             whiteout::make_whiteout(dir.as_fd(), name, self.cfg.whiteout)?;
         }
-        if let Ok(node) = self.node(ino) {
-            node.drop_name(parent.ino, name);
+        if let Some(node) = node {
+            node.drop_name(parent.ino, name, want_dir || st.st_nlink <= 1, held);
         }
         Ok(())
+    }
+
+    /// An `O_PATH` fd of the object `parent/name` (at `place`) about to lose a name, for
+    /// [`Inode::drop_name`]; `None` if it cannot be opened.
+    fn hold(&self, parent: &Inode, name: &OsStr, place: &Place) -> Option<(LayerId, OwnedFd)> {
+        let top = place.top()?;
+        let dir = self
+            .layers
+            .get(top)
+            .open_dir(&self.path_of(parent.ino).ok()?)
+            .ok()?;
+        let fd = sys::openat(dir.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
+        Some((top, fd))
+    }
+
+    /// Drops the kept inode number of an upper object whose last name was just removed,
+    /// so a new object that reuses its real inode number gets a number of its own.
+    fn forget_alias_if_gone(&self, st: &Stat, place: &Place) {
+        if place.upper && (is_dir(st) || st.st_nlink <= 1) {
+            self.aliases.remove(&st.st_ino);
+        }
     }
 
     /// The inode number the mount shows for a resolved object.
@@ -400,6 +422,13 @@ impl LayerFs {
             return Ok(());
         }
 
+        let victim = match &dst {
+            Some((dst_st, dplace)) => match self.node(self.ino_of(dst_st, dplace)?) {
+                Ok(dnode) => Some((dnode, self.hold(&newparent, newname, dplace))),
+                Err(_) => None,
+            },
+            None => None,
+        };
         let dst_upper_dir = matches!(&dst, Some((st, p)) if p.upper && is_dir(st));
         let mut old_name_whited = false;
         if dst_upper_dir {
@@ -458,10 +487,12 @@ impl LayerFs {
         if src_below && !old_name_whited {
             whiteout::make_whiteout(sdir.as_fd(), name, self.cfg.whiteout)?;
         }
-        if let Some((dst_st, dplace)) = &dst
-            && let Ok(dnode) = self.node(self.ino_of(dst_st, dplace)?)
-        {
-            dnode.drop_name(newparent.ino, newname);
+        if let Some((dst_st, dplace)) = &dst {
+            self.forget_alias_if_gone(dst_st, dplace);
+            if let Some((dnode, held)) = victim {
+                let last = is_dir(dst_st) || dst_st.st_nlink <= 1;
+                dnode.drop_name(newparent.ino, newname, last, held);
+            }
         }
         snode.rename(parent.ino, name, newparent.ino, newname);
         if src_dir && is_merged(&newparent) {

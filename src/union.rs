@@ -61,6 +61,8 @@ pub struct Caller {
 #[derive(Clone, Copy)]
 pub struct Attr {
     pub ino: Ino,
+    /// The FUSE generation of the inode number.
+    pub generation: u64,
     pub st: Stat,
 }
 
@@ -120,6 +122,9 @@ impl LayerFs {
             upper: layers.upper().is_some(),
             lowers,
             other_names: Vec::new(),
+            unlinked: false,
+            deleted: false,
+            held: None,
         };
         Ok(LayerFs {
             layers,
@@ -162,8 +167,36 @@ impl LayerFs {
             return Ok((l.open_dir(Path::new(""))?, OsString::new()));
         }
         let place = node.place();
+        if place.unlinked {
+            return Err(errno(libc::ENOENT));
+        }
         let dir = l.open_dir(&self.inodes.path(place.parent)?)?;
         Ok((dir, place.name))
+    }
+
+    /// Where `node`'s object in `layer` is reached: as [`Self::parent_fd`], or for an
+    /// unlinked node an open handle's fd (on that layer) with the name "".
+    pub(crate) fn object_fd(
+        &self,
+        layer: LayerId,
+        node: &Inode,
+    ) -> io::Result<(OwnedFd, OsString)> {
+        let place = node.place();
+        if !place.unlinked {
+            return self.parent_fd(layer, node);
+        }
+        if let Some((l, fd)) = &place.held
+            && *l == layer
+        {
+            return Ok((fd.as_fd().try_clone_to_owned()?, OsString::new()));
+        }
+        let upper = self.layers.is_upper(layer);
+        let h = self
+            .files
+            .find(|h| h.node.ino == node.ino && h.on_upper() == upper)
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        let fd = h.file().as_fd().try_clone_to_owned()?;
+        Ok((fd, OsString::new()))
     }
 
     /// Resolves `name` in the directory `parent` through the layers.
@@ -219,6 +252,9 @@ impl LayerFs {
                             vec![lid]
                         },
                         other_names: Vec::new(),
+                        unlinked: false,
+                        deleted: false,
+                        held: None,
                     };
                     let dir_here = is_dir(&st);
                     found = Some((st, place));
@@ -312,10 +348,15 @@ impl LayerFs {
 
     pub(crate) fn attr_of(&self, node: &Inode) -> io::Result<Attr> {
         let top = node.place().top().ok_or_else(|| errno(libc::ENOENT))?;
-        let st = match self
-            .parent_fd(top, node)
-            .and_then(|(dir, name)| self.stat_at(top, dir.as_fd(), &name))
-        {
+        let st = match self.object_fd(top, node).and_then(|(dir, name)| {
+            let st = self.stat_at(top, dir.as_fd(), &name)?;
+            // Reached by name: make sure the name still holds this node's object.
+            if name.is_empty() {
+                Ok(st)
+            } else {
+                self.same_object(node, top, st)
+            }
+        }) {
             Ok(st) => st,
             // Unlinked but still open: the open file answers.
             Err(e) if is_enoent(&e) => match self.files.find(|h| h.node.ino == node.ino) {
@@ -327,6 +368,16 @@ impl LayerFs {
         Ok(self.shown(node, st))
     }
 
+    /// `st` if it is `node`'s object (found in `top` by its name), else ENOENT: the name
+    /// now holds something else (the node was replaced in a race with this request).
+    pub(crate) fn same_object(&self, node: &Inode, top: LayerId, st: Stat) -> io::Result<Stat> {
+        if node.ino == ROOT || self.ino_for(top, st.st_ino) == node.ino {
+            Ok(st)
+        } else {
+            Err(errno(libc::ENOENT))
+        }
+    }
+
     /// The stat the mount shows: the union's inode number, mapped owners, and nlink 1 for
     /// a merged directory, as kernel overlayfs reports.
     fn shown(&self, node: &Inode, mut st: Stat) -> Attr {
@@ -335,7 +386,11 @@ impl LayerFs {
         if node.is_dir() && node.layer_count() > 1 {
             st.st_nlink = 1;
         }
-        Attr { ino: node.ino, st }
+        Attr {
+            ino: node.ino,
+            generation: node.generation(),
+            st,
+        }
     }
 
     /// Whether a lower layer below `parent` shows something at `name` (so removing the
@@ -365,6 +420,22 @@ impl LayerFs {
     /// The relative path of `ino` in every layer.
     pub(crate) fn path_of(&self, ino: Ino) -> io::Result<PathBuf> {
         self.inodes.path(ino)
+    }
+
+    /// At unmount: writes the upper filesystem out (as the kernel syncs the upper when an
+    /// overlay is unmounted; not for `volatile`/`fsync=0`) and logs what is still known.
+    pub fn shutdown(&self) {
+        if self.cfg.fsync
+            && let Some(u) = self.layers.upper()
+            && let Err(e) = sys::syncfs(u.root())
+        {
+            log::error!("syncing upper layer {}: {e}", u.path.display());
+        }
+        log::info!(
+            "unmounted: {} inodes, {} open handles",
+            self.inode_count(),
+            self.handle_count()
+        );
     }
 
     /// The number of inodes the table holds (the root included).

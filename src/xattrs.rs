@@ -31,7 +31,7 @@ impl LayerFs {
 
     fn shown_target(&self, node: &Inode) -> io::Result<(std::os::fd::OwnedFd, OsString)> {
         let top = node.place().top().ok_or_else(|| errno(libc::ENOENT))?;
-        self.parent_fd(top, node)
+        self.object_fd(top, node)
     }
 
     pub fn getxattr(&self, ino: Ino, name: &OsStr) -> io::Result<Vec<u8>> {
@@ -55,7 +55,7 @@ impl LayerFs {
         self.layers.writable()?;
         let node = self.node(ino)?;
         self.copy_up(&node, CopyData::Full)?;
-        let (dir, n) = self.parent_fd(0, &node)?;
+        let (dir, n) = self.object_fd(0, &node)?;
         XattrTarget::at(dir.as_fd(), &n)?.set(name, value, flags)
     }
 
@@ -66,7 +66,7 @@ impl LayerFs {
         // Copying up only to find the xattr missing would be wasted work.
         self.getxattr(ino, name)?;
         self.copy_up(&node, CopyData::Full)?;
-        let (dir, n) = self.parent_fd(0, &node)?;
+        let (dir, n) = self.object_fd(0, &node)?;
         XattrTarget::at(dir.as_fd(), &n)?.remove(name)
     }
 }

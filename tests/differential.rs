@@ -4,11 +4,10 @@
 mod common;
 use common::*;
 use layerfs::sys;
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// One scripted operation, paths relative to the mount root.
@@ -171,88 +170,6 @@ fn script() -> Vec<Op> {
         Rmdir("deep/a/b/c"),
         Rmdir("deep/a"),
     ]
-}
-
-/// A comparable description of a tree: path → "type mode uid:gid size content xattrs".
-fn snapshot(root: &Path, raw_upper: bool) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    walk(root, root, raw_upper, &mut out);
-    out
-}
-
-fn walk(root: &Path, dir: &Path, raw: bool, out: &mut BTreeMap<String, String>) {
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-        let m = fs::symlink_metadata(&p).unwrap();
-        let ft = m.file_type();
-        let (kind, detail) = if ft.is_dir() {
-            ("dir", String::new())
-        } else if ft.is_symlink() {
-            (
-                "link",
-                fs::read_link(&p).unwrap().to_string_lossy().into_owned(),
-            )
-        } else if ft.is_file() {
-            ("file", format!("{:?}", fs::read_to_string(&p).unwrap()))
-        } else if ft.is_char_device() && m.rdev() == 0 {
-            ("whiteout", String::new())
-        } else if ft.is_fifo() {
-            ("fifo", String::new())
-        } else {
-            ("other", format!("{}", m.rdev()))
-        };
-        let mut xattrs: Vec<String> = xattr::list(&p)
-            .map(|l| l.collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|n| n.to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with("trusted.overlay.") || n == "trusted.overlay.opaque")
-            .filter(|n| !n.starts_with("security."))
-            .map(|n| {
-                let v = xattr::get(&p, &n).ok().flatten().unwrap_or_default();
-                format!("{n}={}", String::from_utf8_lossy(&v))
-            })
-            .collect();
-        xattrs.sort();
-        let size = if ft.is_dir() { 0 } else { m.len() };
-        let nlink = if ft.is_dir() || raw { 0 } else { m.nlink() };
-        out.insert(
-            rel,
-            format!(
-                "{kind} {:o} {}:{} size={size} nlink={nlink} {detail} [{}]",
-                m.mode() & 0o7777,
-                m.uid(),
-                m.gid(),
-                xattrs.join(",")
-            ),
-        );
-        if ft.is_dir() {
-            walk(root, &p, raw, out);
-        }
-    }
-}
-
-fn diff(what: &str, a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
-    let mut d = Vec::new();
-    for k in a
-        .keys()
-        .chain(b.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        if a.get(k) != b.get(k) {
-            d.push(format!(
-                "{what} {k}: kernel={:?} layerfs={:?}",
-                a.get(k),
-                b.get(k)
-            ));
-        }
-    }
-    d
 }
 
 /// Runs `ops` on kernel overlayfs and on layerfs over identical layers and lists every

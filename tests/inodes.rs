@@ -60,6 +60,59 @@ fn unlinked_open_file_still_answers_fstat() {
     assert_eq!(h.metadata().unwrap().len(), 3);
 }
 
+/// An object the kernel still uses after its last name is gone stays usable through the
+/// open file (fchmod, fsetxattr, ftruncate, write) and inside a removed directory, and its
+/// inode number is not handed to new objects meanwhile.
+#[test]
+fn unlinked_objects_stay_usable() {
+    require_fuse!();
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new(1);
+    put(f.lower(0), "lowerfile", "lower");
+    let m = f.mount();
+    fs::write(m.p("t"), "abc").unwrap();
+    let h = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.p("t"))
+        .unwrap();
+    let ino = h.metadata().unwrap().ino();
+    fs::remove_file(m.p("t")).unwrap();
+    h.set_permissions(fs::Permissions::from_mode(0o640))
+        .unwrap();
+    xattr::FileExt::set_xattr(&h, "user.k", b"v").unwrap();
+    h.set_len(2).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&h, b"Z", 1).unwrap();
+    let meta = h.metadata().unwrap();
+    assert_eq!(
+        (meta.len(), meta.mode() & 0o777, meta.nlink()),
+        (2, 0o640, 0)
+    );
+    assert_eq!(
+        xattr::FileExt::get_xattr(&h, "user.k").unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    for i in 0..200 {
+        fs::write(m.p(&format!("new{i}")), "n").unwrap();
+        assert_ne!(fs::metadata(m.p(&format!("new{i}"))).unwrap().ino(), ino);
+    }
+    // A lower file deleted while open still reads.
+    let l = fs::File::open(m.p("lowerfile")).unwrap();
+    fs::remove_file(m.p("lowerfile")).unwrap();
+    assert_eq!(l.metadata().unwrap().len(), 5);
+    // A process inside a removed directory gets ENOENT, as on the kernel.
+    fs::create_dir(m.p("gone")).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && rmdir ../gone && ls . ; touch x; echo $?",
+            m.p("gone").display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+}
+
 #[test]
 fn hard_links_share_inode_and_nlink() {
     require_fuse!();

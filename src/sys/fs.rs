@@ -270,6 +270,14 @@ pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<libc::statfs> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// syncfs(2): writes out the whole filesystem holding `fd`. An `O_PATH` fd is reopened
+/// first (syncfs needs a real open file).
+pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let real = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    // SAFETY: plain syscall on an fd we own.
+    check(unsafe { libc::syncfs(real.as_raw_fd()) }).map(drop)
+}
+
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: plain syscall on a borrowed fd.
     check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset as i64, len as i64) }).map(drop)
