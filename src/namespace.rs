@@ -429,10 +429,28 @@ impl LayerFs {
             },
             None => None,
         };
-        let dst_upper_dir = matches!(&dst, Some((st, p)) if p.upper && is_dir(st));
-        let mut old_name_whited = false;
-        if dst_upper_dir {
-            // Swap, then dispose of the (visibly empty) old target now at the old name.
+        // Every step below leaves a tree the kernel could show (the old one or the new
+        // one), so a crash between steps loses nothing: the moved directory is made opaque
+        // before it moves, an AUFS whiteout for the old name is made while the object
+        // still hides it, and the old name's overlay whiteout comes with the rename.
+        if src_dir && is_merged(&newparent) {
+            self.mark_opaque(sdir.as_fd(), name)?;
+        }
+        let aufs_whiteout = src_below && self.cfg.whiteout == WhiteoutFormat::Aufs;
+        if aufs_whiteout {
+            whiteout::make_whiteout(sdir.as_fd(), name, WhiteoutFormat::Aufs)?;
+        }
+        let over = match &dst {
+            None => match self.resolve(&newparent, newname)? {
+                Resolved::Missing { upper_whiteout, .. } => upper_whiteout,
+                Resolved::Found { .. } => None,
+            },
+            Some(_) => None,
+        };
+        let overlay_whiteout = src_below && self.cfg.whiteout == WhiteoutFormat::Overlay;
+        if src_dir && over == Some(WhiteoutFormat::Overlay) {
+            // A directory cannot replace the whiteout: exchange, and the whiteout lands
+            // at the old name.
             sys::renameat2(
                 sdir.as_fd(),
                 name,
@@ -440,52 +458,28 @@ impl LayerFs {
                 newname,
                 libc::RENAME_EXCHANGE,
             )?;
-            if src_below {
-                self.whiteout_over(sdir.as_fd(), name, true)?;
-                old_name_whited = true;
-            } else {
-                self.remove_upper(sdir.as_fd(), name, true)?;
+            if !overlay_whiteout {
+                sys::unlinkat(sdir.as_fd(), name, false)?;
             }
         } else {
-            let over = match &dst {
-                None => match self.resolve(&newparent, newname)? {
-                    Resolved::Missing { upper_whiteout, .. } => upper_whiteout,
-                    Resolved::Found { .. } => None,
-                },
-                Some(_) => None,
-            };
-            let use_rename_whiteout =
-                src_below && self.cfg.whiteout == WhiteoutFormat::Overlay && !src_dir;
-            if src_dir && over == Some(WhiteoutFormat::Overlay) {
-                // A directory cannot replace the whiteout: exchange, and the whiteout
-                // lands at the old name.
-                sys::renameat2(
-                    sdir.as_fd(),
-                    name,
-                    ddir.as_fd(),
-                    newname,
-                    libc::RENAME_EXCHANGE,
-                )?;
-                if src_below {
-                    old_name_whited = true;
-                } else {
-                    sys::unlinkat(sdir.as_fd(), name, false)?;
-                }
+            let f = if overlay_whiteout {
+                libc::RENAME_WHITEOUT
             } else {
-                let f = if use_rename_whiteout {
-                    libc::RENAME_WHITEOUT
-                } else {
-                    0
-                };
-                sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, f)?;
-                old_name_whited = use_rename_whiteout;
-            }
-            if over == Some(WhiteoutFormat::Aufs) {
-                sys::unlinkat(ddir.as_fd(), &whiteout::aufs_name(newname), false)?;
+                0
+            };
+            match sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, f) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    // The replaced directory is visibly empty but holds whiteouts: swap in
+                    // an empty one (opaque if lowers merge there) first.
+                    let merged = dst.as_ref().is_some_and(|d| !d.1.lowers.is_empty());
+                    self.clear_dir(ddir.as_fd(), newname, merged)?;
+                    sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, f)?;
+                }
+                r => r?,
             }
         }
-        if src_below && !old_name_whited {
-            whiteout::make_whiteout(sdir.as_fd(), name, self.cfg.whiteout)?;
+        if over == Some(WhiteoutFormat::Aufs) {
+            sys::unlinkat(ddir.as_fd(), &whiteout::aufs_name(newname), false)?;
         }
         if let Some((dst_st, dplace)) = &dst {
             self.forget_alias_if_gone(dst_st, dplace);
@@ -495,10 +489,27 @@ impl LayerFs {
             }
         }
         snode.rename(parent.ino, name, newparent.ino, newname);
-        if src_dir && is_merged(&newparent) {
-            self.mark_opaque(ddir.as_fd(), newname)?;
-        }
         Ok(())
+    }
+
+    /// Replaces the upper directory `dir/name` by an empty one (opaque if `opaque`), in one
+    /// exchange; the old one, with whatever whiteouts it held, is removed in the workdir.
+    fn clear_dir(&self, dir: BorrowedFd<'_>, name: &OsStr, opaque: bool) -> io::Result<()> {
+        let work = self.work()?;
+        let tmp = work.temp_name();
+        let st = sys::fstatat(dir, name)?;
+        let built = sys::mkdirat(work.fd(), &tmp, st.st_mode & 0o7777)
+            .and_then(|()| {
+                if opaque {
+                    self.mark_opaque(work.fd(), &tmp)
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| sys::renameat2(work.fd(), &tmp, dir, name, libc::RENAME_EXCHANGE));
+        let cleaned = work.remove(&tmp);
+        built?;
+        cleaned
     }
 
     fn mark_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {

@@ -124,3 +124,79 @@ fn kill_during_copy_up_leaves_old_or_new() {
         let _ = fs::remove_file(&up);
     }
 }
+
+/// `kill -9` at many points of a run of renames (copy-up, rename, whiteout) and unlinks
+/// (whiteouts): after remounting, every name shows its old or its new state, never both or
+/// neither, the workdir is clean, and kernel overlayfs reads the upper the same way.
+#[test]
+fn kill_during_renames_and_unlinks_leaves_old_or_new() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    const N: usize = 300;
+    for i in 0..N {
+        put(f.lower(0), &format!("a{i}"), &format!("A{i}"));
+        put(f.lower(0), &format!("c{i}"), &format!("C{i}"));
+        put(f.lower(0), &format!("d{i}/x"), "x");
+    }
+    let rounds = [0u64, 1, 3, 6, 12, 25, 50, 100]
+        .into_iter()
+        .map(|d| (d, "overlay"))
+        .chain([2u64, 10, 40].into_iter().map(|d| (d, "aufs")));
+    for (delay_ms, format) in rounds {
+        let opts = format!("whiteout={format}");
+        for d in [&f.upper, &f.work] {
+            fs::remove_dir_all(d).unwrap();
+            fs::create_dir(d).unwrap();
+        }
+        let m = f.mount_with(&["-o", &opts]);
+        let pid = daemon_pid(&m.path);
+        let root = m.path.clone();
+        let worker = std::thread::spawn(move || {
+            for i in 0..N {
+                let _ = fs::rename(root.join(format!("a{i}")), root.join(format!("b{i}")));
+                let _ = fs::remove_file(root.join(format!("c{i}")));
+                let _ = fs::remove_file(root.join(format!("d{i}/x")));
+                let _ = fs::remove_dir(root.join(format!("d{i}")));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        let _ = worker.join();
+        let _ = Command::new("umount").arg("-l").arg(&f.mnt).status();
+        drop(m);
+
+        let m = f.mount_with(&["-o", &opts]);
+        assert!(
+            names(&f.work.join("work")).is_empty(),
+            "temp left at {delay_ms} ms"
+        );
+        let mut done = 0;
+        for i in 0..N {
+            let (a, b) = (m.p(&format!("a{i}")), m.p(&format!("b{i}")));
+            match (a.exists(), b.exists()) {
+                (true, false) => assert_eq!(read(&a), format!("A{i}")),
+                (false, true) => {
+                    assert_eq!(read(&b), format!("A{i}"));
+                    done += 1;
+                }
+                s => panic!("a{i}/b{i} both or neither ({s:?}) after a kill at {delay_ms} ms"),
+            }
+            let c = m.p(&format!("c{i}"));
+            if c.exists() {
+                assert_eq!(read(&c), format!("C{i}"));
+            }
+        }
+        let ours = snapshot(&m.path, false);
+        drop(m);
+        if format == "overlay" {
+            let kernel = f.kernel_mount();
+            let theirs = snapshot(&kernel.path, false);
+            drop(kernel);
+            let d = diff("after kill", &theirs, &ours);
+            assert!(d.is_empty(), "at {delay_ms} ms:\n{}", d.join("\n"));
+        }
+        eprintln!("{format} whiteouts, kill at {delay_ms} ms: {done} of {N} renames had happened");
+    }
+}
