@@ -171,6 +171,11 @@ impl LayerFs {
                 )?);
                 if data == CopyData::Full {
                     copy_data(&from, &to, src.real.st_size as u64)?;
+                    // As the kernel does: the data is on disk before the copy takes the
+                    // original's place (not for volatile/fsync=0).
+                    if self.cfg.fsync {
+                        to.sync_all()?;
+                    }
                 }
             }
             libc::S_IFDIR => sys::mkdirat(work, tmp, 0o700)?,

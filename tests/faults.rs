@@ -200,3 +200,98 @@ fn kill_during_renames_and_unlinks_leaves_old_or_new() {
         eprintln!("{format} whiteouts, kill at {delay_ms} ms: {done} of {N} renames had happened");
     }
 }
+
+/// A loop-mounted ext4 (long journal commit interval), unmounted and detached on drop.
+struct LoopExt4 {
+    image: std::path::PathBuf,
+    at: std::path::PathBuf,
+}
+
+impl LoopExt4 {
+    fn new(dir: &Path) -> Self {
+        let image = dir.join("ext4.img");
+        let at = dir.join("ext4");
+        fs::create_dir_all(&at).unwrap();
+        fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+        let mkfs = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image)
+            .status()
+            .unwrap();
+        assert!(mkfs.success(), "mkfs.ext4");
+        let ok = Command::new("mount")
+            .args(["-o", "loop,commit=120"])
+            .arg(&image)
+            .arg(&at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "loop mount");
+        LoopExt4 { image, at }
+    }
+
+    /// Whether `marker` has reached the image (the loop device's backing file).
+    fn on_disk(&self, marker: &[u8]) -> bool {
+        let img = fs::read(&self.image).unwrap();
+        img.windows(marker.len()).any(|w| w == marker)
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        unmount(&self.at);
+    }
+}
+
+/// fsync through the mount puts the data on the upper's disk before it returns (for new
+/// files and for copied-up ones); with `volatile` it does not.
+#[test]
+fn fsync_reaches_the_upper_disk() {
+    require_fuse!();
+    let t = tempfile::tempdir().unwrap();
+    let disk = LoopExt4::new(t.path());
+    let f = Fixture::new(1);
+    put(f.lower(0), "old", "lower content\n");
+    for (opts, durable) in [(&[][..], true), (&["-o", "volatile"][..], false)] {
+        let upper = disk.at.join(format!("upper{durable}"));
+        let work = disk.at.join(format!("work{durable}"));
+        fs::create_dir_all(&upper).unwrap();
+        fs::create_dir_all(&work).unwrap();
+        let mut c = Command::new(BIN);
+        c.arg("mount")
+            .arg(f.lowerdir())
+            .arg(&upper)
+            .arg(&f.mnt)
+            .arg("--workdir")
+            .arg(&work)
+            .args(opts);
+        let m = f.run_mount(c);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let new_marker = format!("LAYERFS-NEW-{durable}-{stamp}-").repeat(64);
+        let old_marker = format!("LAYERFS-OLD-{durable}-{stamp}-").repeat(64);
+        let mut h = fs::File::create(m.p("new")).unwrap();
+        h.write_all(new_marker.as_bytes()).unwrap();
+        h.sync_all().unwrap();
+        let mut h = fs::OpenOptions::new()
+            .append(true)
+            .open(m.p("old"))
+            .unwrap();
+        h.write_all(old_marker.as_bytes()).unwrap();
+        h.sync_data().unwrap();
+        assert_eq!(
+            disk.on_disk(new_marker.as_bytes()),
+            durable,
+            "new file, durable={durable}"
+        );
+        assert_eq!(
+            disk.on_disk(old_marker.as_bytes()),
+            durable,
+            "copied-up file, durable={durable}"
+        );
+        drop(h);
+        drop(m);
+    }
+}
