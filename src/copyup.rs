@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::inode::{Ino, Inode};
 use crate::sys::{self, SetTime, Stat};
-use crate::union::{LayerFs, Resolved, errno};
+use crate::union::{LayerFs, Resolved, errno, is_dir};
 
 /// Whether a copy-up carries the file's content (not needed before a truncate to zero).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +146,8 @@ impl LayerFs {
         tmp: &OsStr,
         data: CopyData,
     ) -> io::Result<()> {
+        // The permission bits the copy is created with (then set from `shown`).
+        let created = if is_dir(shown) { 0o700 } else { 0o600 };
         let real_fmt = src.real.st_mode & libc::S_IFMT;
         let shown_fmt = shown.st_mode & libc::S_IFMT;
         // A regular file standing in for a device becomes the device in an upper that
@@ -186,7 +188,7 @@ impl LayerFs {
             &sys::XattrTarget::at(src.dir, src.name)?,
             &sys::XattrTarget::at(work, tmp)?,
         )?;
-        self.give_owner_mode(work, tmp, shown)?;
+        self.give_owner_mode(work, tmp, shown, created)?;
         restore_times(work, tmp, shown)
     }
 

@@ -57,6 +57,8 @@ impl Layer {
 pub struct Layers {
     layers: Vec<Layer>,
     has_upper: bool,
+    /// Some layer keeps owner/mode overrides (fixed at open; asked on every xattr call).
+    any_override: bool,
     /// Inode numbers that do not fit the packed form, allocated on first sight.
     overflow: DashMap<(u64, u64), u64>,
     next_overflow: AtomicU64,
@@ -101,6 +103,7 @@ impl Layers {
             });
         }
         Ok(Layers {
+            any_override: layers.iter().any(|l| l.stat_override.is_some()),
             layers,
             has_upper: upper.is_some(),
             overflow: DashMap::new(),
@@ -124,7 +127,7 @@ impl Layers {
 
     /// Whether any layer keeps owner/mode overrides.
     pub fn any_override(&self) -> bool {
-        self.layers.iter().any(|l| l.stat_override.is_some())
+        self.any_override
     }
 
     pub fn is_upper(&self, id: LayerId) -> bool {

@@ -154,35 +154,39 @@ impl LayerFs {
         let (wformat, ns) = (self.cfg.whiteout, self.cfg.xattr_ns);
         let keeps_overrides = self.upper_keeps_overrides();
         self.install(&slot, |work, tmp| {
+            let created = own.mode & 0o777;
             let create_file = || {
                 sys::openat(
                     work,
                     tmp,
                     libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
-                    0o600,
+                    created,
                 )
                 .map(drop)
             };
             match object {
                 NewObject::File { .. } => create_file()?,
-                NewObject::Dir { .. } => sys::mkdirat(work, tmp, 0o700)?,
-                NewObject::Node { rdev, .. } => match sys::mknodat(work, tmp, fmt | 0o600, rdev) {
-                    // Without the right to make devices, an upper that keeps overrides
-                    // records the device in a regular file's override.
-                    Err(e) if e.raw_os_error() == Some(libc::EPERM) && keeps_overrides => {
-                        create_file()?
+                NewObject::Dir { .. } => sys::mkdirat(work, tmp, created)?,
+                NewObject::Node { rdev, .. } => {
+                    match sys::mknodat(work, tmp, fmt | created, rdev) {
+                        // Without the right to make devices, an upper that keeps overrides
+                        // records the device in a regular file's override.
+                        Err(e) if e.raw_os_error() == Some(libc::EPERM) && keeps_overrides => {
+                            create_file()?
+                        }
+                        r => r?,
                     }
-                    r => r?,
-                },
+                }
                 NewObject::Symlink { target } => sys::symlinkat(target, work, tmp)?,
             }
-            let mut shown = sys::fstatat(work, tmp)?;
+            // What the object is to show as (the parent's stat as a template).
+            let mut shown = pst;
             shown.st_mode = fmt | own.mode;
             (shown.st_uid, shown.st_gid) = (own.uid, own.gid);
             if let NewObject::Node { rdev, .. } = object {
                 shown.st_rdev = rdev;
             }
-            self.give_owner_mode(work, tmp, &shown)?;
+            self.give_owner_mode(work, tmp, &shown, created)?;
             if fmt == libc::S_IFDIR && slot.opaque {
                 whiteout::set_opaque(work, tmp, wformat, ns)?;
             }

@@ -311,25 +311,27 @@ impl LayerFs {
         }
     }
 
-    /// Gives the new upper object `dir/name` the owner and mode of `shown`: in the
-    /// upper's override when it keeps them there (the real mode then only widened so the
-    /// daemon can use the object), else by chown and chmod.
+    /// Gives the new upper object `dir/name`, created with permission bits `created`, the
+    /// owner and mode of `shown`: in the upper's override when it keeps them there (the
+    /// real mode then only widened so the daemon can use the object), else by chown and
+    /// chmod (skipped when the mode is already right).
     pub(crate) fn give_owner_mode(
         &self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
         shown: &Stat,
+        created: u32,
     ) -> io::Result<()> {
         let stored = self.store_override(dir, name, shown)?;
         if !stored {
             crate::copyup::chown(dir, name, shown.st_uid, shown.st_gid)?;
         }
-        if shown.st_mode & libc::S_IFMT != libc::S_IFLNK {
-            let mode = if stored {
-                real_mode(shown)
-            } else {
-                shown.st_mode & 0o7777
-            };
+        let mode = if stored {
+            real_mode(shown)
+        } else {
+            shown.st_mode & 0o7777
+        };
+        if shown.st_mode & libc::S_IFMT != libc::S_IFLNK && mode != created {
             let fd = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
             sys::fchmod(fd.as_fd(), mode)?;
         }

@@ -83,6 +83,20 @@ fn full_upper_fails_cleanly_and_recovers() {
     );
 }
 
+/// Runs `work` on a thread, kills `m`'s daemon with SIGKILL `delay_ms` into it, waits for
+/// `work`, and clears the dead mount.
+fn kill_during(m: Mounted<'_>, delay_ms: u64, work: impl FnOnce() + Send + 'static) {
+    let pid = daemon_pid(&m.path);
+    let worker = std::thread::spawn(work);
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    let _ = worker.join();
+    let _ = Command::new("umount").arg("-l").arg(&m.path).status();
+    drop(m);
+}
+
 #[test]
 fn kill_during_copy_up_leaves_old_or_new() {
     require_fuse!();
@@ -91,20 +105,12 @@ fn kill_during_copy_up_leaves_old_or_new() {
     fs::write(f.lower(0).join("big"), vec![7u8; size]).unwrap();
     for delay_ms in [0u64, 2, 5, 10, 20, 40, 80] {
         let m = f.mount();
-        let pid = daemon_pid(&m.path);
         let target = m.p("big");
-        let writer = std::thread::spawn(move || {
+        kill_during(m, delay_ms, move || {
             if let Ok(mut h) = fs::OpenOptions::new().append(true).open(&target) {
                 let _ = h.write_all(b"tail");
             }
         });
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-        let _ = writer.join();
-        let _ = Command::new("umount").arg("-l").arg(&f.mnt).status();
-        drop(m);
         let m = f.mount();
         assert!(
             names(&f.work.join("work")).is_empty(),
@@ -149,9 +155,8 @@ fn kill_during_renames_and_unlinks_leaves_old_or_new() {
             fs::create_dir(d).unwrap();
         }
         let m = f.mount_with(&["-o", &opts]);
-        let pid = daemon_pid(&m.path);
         let root = m.path.clone();
-        let worker = std::thread::spawn(move || {
+        kill_during(m, delay_ms, move || {
             for i in 0..N {
                 let _ = fs::rename(root.join(format!("a{i}")), root.join(format!("b{i}")));
                 let _ = fs::remove_file(root.join(format!("c{i}")));
@@ -159,13 +164,6 @@ fn kill_during_renames_and_unlinks_leaves_old_or_new() {
                 let _ = fs::remove_dir(root.join(format!("d{i}")));
             }
         });
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-        let _ = worker.join();
-        let _ = Command::new("umount").arg("-l").arg(&f.mnt).status();
-        drop(m);
 
         let m = f.mount_with(&["-o", &opts]);
         assert!(
