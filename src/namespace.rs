@@ -269,7 +269,9 @@ impl LayerFs {
             return Err(errno(libc::ENOTEMPTY));
         }
         let node = self.node(ino).ok();
-        let held = node.as_ref().and_then(|_| self.hold(&parent, name, &place));
+        let held = node
+            .as_ref()
+            .and_then(|_| self.hold(&parent, name, &st, &place));
         if place.upper {
             let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
             if !place.lowers.is_empty() || self.lower_visible(&parent, name)? {
@@ -289,9 +291,20 @@ impl LayerFs {
         Ok(())
     }
 
-    /// An `O_PATH` fd of the object `parent/name` (at `place`) about to lose a name, for
-    /// [`Inode::drop_name`]; `None` if it cannot be opened.
-    fn hold(&self, parent: &Inode, name: &OsStr, place: &Place) -> Option<(LayerId, OwnedFd)> {
+    /// An `O_PATH` fd of the object `parent/name` (`st`, at `place`) about to lose a name,
+    /// for [`Inode::drop_name`]; `None` if it cannot be opened, or if it is an upper
+    /// non-directory losing its last link: holding that would keep its space allocated
+    /// until the kernel's asynchronous forget (an open file keeps it through its handle).
+    fn hold(
+        &self,
+        parent: &Inode,
+        name: &OsStr,
+        st: &Stat,
+        place: &Place,
+    ) -> Option<(LayerId, OwnedFd)> {
+        if place.upper && !is_dir(st) && st.st_nlink <= 1 {
+            return None;
+        }
         let top = place.top()?;
         let dir = self
             .layers
@@ -428,7 +441,7 @@ impl LayerFs {
 
         let victim = match &dst {
             Some((dst_st, dplace)) => match self.node(self.ino_of(dst_st, dplace)?) {
-                Ok(dnode) => Some((dnode, self.hold(&newparent, newname, dplace))),
+                Ok(dnode) => Some((dnode, self.hold(&newparent, newname, dst_st, dplace))),
                 Err(_) => None,
             },
             None => None,
