@@ -83,6 +83,10 @@ impl LayerFs {
                 .open(path, libc::O_RDONLY | libc::O_DIRECTORY)
             {
                 Ok(d) => d,
+                // An upper directory removed under the mount is dead and lists as empty
+                // (as a removed directory does, and as on the kernel); a lower changed
+                // under the mount is skipped.
+                Err(e) if is_enoent(&e) && self.layers.is_upper(lid) => return Ok(Vec::new()),
                 Err(e) if is_enoent(&e) => continue,
                 Err(e) => return Err(e),
             };

@@ -23,12 +23,32 @@ use crate::union::{Attr, Caller, LayerFs};
 /// attributes (every change goes through the daemon, so the cache stays coherent).
 pub struct FuseFs(pub LayerFs, pub Duration);
 
+/// Errnos that mean something is wrong below the mount (a failing or full layer, a
+/// resource limit) rather than an ordinary answer; each is logged as a warning.
+const FAULTS: [i32; 11] = [
+    libc::EIO,
+    libc::EROFS,
+    libc::ENOSPC,
+    libc::EDQUOT,
+    libc::EUCLEAN,
+    libc::ENOTCONN,
+    libc::ESTALE,
+    libc::ENOMEM,
+    libc::EMFILE,
+    libc::ENFILE,
+    libc::ENODEV,
+];
+
 fn errno(op: &str, e: io::Error) -> Errno {
     let code = e.raw_os_error().unwrap_or_else(|| {
         log::error!("{op}: error without errno: {e}");
         libc::EIO
     });
-    debug!("{op} -> {e}");
+    if FAULTS.contains(&code) {
+        log::warn!("{op}: {e}");
+    } else {
+        debug!("{op} -> {e}");
+    }
     Errno::from_i32(code)
 }
 

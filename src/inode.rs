@@ -107,6 +107,11 @@ impl Inode {
         self.kind.load(Ordering::Acquire)
     }
 
+    /// Whether the object is gone (its last name removed while the kernel holds the inode).
+    pub fn is_deleted(&self) -> bool {
+        self.place.read().deleted
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }

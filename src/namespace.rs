@@ -269,9 +269,7 @@ impl LayerFs {
             return Err(errno(libc::ENOTEMPTY));
         }
         let node = self.node(ino).ok();
-        let held = node
-            .as_ref()
-            .and_then(|_| self.hold(&parent, name, &st, &place));
+        let mut held = node.as_ref().and_then(|_| self.hold(&parent, name, &place));
         if place.upper {
             let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
             if !place.lowers.is_empty() || self.lower_visible(&parent, name)? {
@@ -286,25 +284,16 @@ impl LayerFs {
             whiteout::make_whiteout(dir.as_fd(), name, self.cfg.whiteout)?;
         }
         if let Some(node) = node {
-            node.drop_name(parent.ino, name, want_dir || st.st_nlink <= 1, held);
+            let kept = held.take().filter(|_| keeps_hold(&st, &place));
+            node.drop_name(parent.ino, name, want_dir || st.st_nlink <= 1, kept);
         }
         Ok(())
     }
 
-    /// An `O_PATH` fd of the object `parent/name` (`st`, at `place`) about to lose a name,
-    /// for [`Inode::drop_name`]; `None` if it cannot be opened, or if it is an upper
-    /// non-directory losing its last link: holding that would keep its space allocated
-    /// until the kernel's asynchronous forget (an open file keeps it through its handle).
-    fn hold(
-        &self,
-        parent: &Inode,
-        name: &OsStr,
-        st: &Stat,
-        place: &Place,
-    ) -> Option<(LayerId, OwnedFd)> {
-        if place.upper && !is_dir(st) && st.st_nlink <= 1 {
-            return None;
-        }
+    /// An `O_PATH` fd of the object `parent/name` (at `place`) about to lose a name, taken
+    /// before the removal so that its real inode number cannot be reused before the node
+    /// is marked; `None` if it cannot be opened.
+    fn hold(&self, parent: &Inode, name: &OsStr, place: &Place) -> Option<(LayerId, OwnedFd)> {
         let top = place.top()?;
         let dir = self
             .layers
@@ -441,7 +430,7 @@ impl LayerFs {
 
         let victim = match &dst {
             Some((dst_st, dplace)) => match self.node(self.ino_of(dst_st, dplace)?) {
-                Ok(dnode) => Some((dnode, self.hold(&newparent, newname, dst_st, dplace))),
+                Ok(dnode) => Some((dnode, self.hold(&newparent, newname, dplace))),
                 Err(_) => None,
             },
             None => None,
@@ -500,9 +489,10 @@ impl LayerFs {
         }
         if let Some((dst_st, dplace)) = &dst {
             self.forget_alias_if_gone(dst_st, dplace);
-            if let Some((dnode, held)) = victim {
+            if let Some((dnode, mut held)) = victim {
                 let last = is_dir(dst_st) || dst_st.st_nlink <= 1;
-                dnode.drop_name(newparent.ino, newname, last, held);
+                let kept = held.take().filter(|_| keeps_hold(dst_st, dplace));
+                dnode.drop_name(newparent.ino, newname, last, kept);
             }
         }
         snode.rename(parent.ino, name, newparent.ino, newname);
@@ -532,4 +522,12 @@ impl LayerFs {
     fn mark_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         whiteout::set_opaque(dir, name, self.cfg.whiteout, self.cfg.xattr_ns)
     }
+}
+
+/// Whether a node losing its name keeps the held fd of its object (see
+/// [`LayerFs::hold`]): not an upper non-directory losing its last link, whose space that
+/// would keep allocated until the kernel's asynchronous forget (an open file keeps its data
+/// through its handle anyway).
+fn keeps_hold(st: &Stat, place: &Place) -> bool {
+    !(place.upper && !is_dir(st) && st.st_nlink <= 1)
 }

@@ -147,12 +147,23 @@ impl LayerFs {
 
     /// The inode number shown for the object with real inode `st_ino` in layer `layer`.
     pub(crate) fn ino_for(&self, layer: LayerId, st_ino: u64) -> Ino {
-        if self.layers.is_upper(layer)
-            && let Some(a) = self.aliases.get(&st_ino)
-        {
+        let n = self.layers.ino(layer, st_ino);
+        if !self.layers.is_upper(layer) {
+            return n;
+        }
+        if let Some(a) = self.aliases.get(&st_ino) {
             return *a;
         }
-        self.layers.ino(layer, st_ino)
+        // The upper reused the real inode number of a deleted object the kernel still
+        // holds: the new object gets a number of its own, so the kernel never sees one
+        // node number stand for two objects (a race there gives EIO on the old inode).
+        match self.inodes.get(n) {
+            Ok(old) if old.is_deleted() => *self
+                .aliases
+                .entry(st_ino)
+                .or_insert_with(|| self.layers.fresh_ino()),
+            _ => n,
+        }
     }
 
     /// An `O_PATH` fd of the directory holding `node` in `layer`, and the node's name in it

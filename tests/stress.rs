@@ -228,19 +228,7 @@ fn eight_processes_then_consistent_with_the_kernel() {
     }
     put(f.lower(1), "d3/n4/deep", "a directory in a lower\n");
     let log = f.dir.path().join("daemon.log");
-    let mut daemon = f
-        .mount_command()
-        .arg("-f")
-        .env("RUST_LOG", "layerfs=info")
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !is_mounted(&f.mnt) {
-        assert!(start.elapsed() < Duration::from_secs(10), "never mounted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let m = Mounted::adopt(&f);
+    let (mut daemon, m) = f.spawn_logged(f.mount_command(), "layerfs=info", &log);
     let pid = daemon.id();
     let progress: Vec<PathBuf> = (0..WORKERS)
         .map(|i| f.dir.path().join(format!("progress{i}")))

@@ -115,6 +115,32 @@ impl Fixture {
         c
     }
 
+    /// Runs `c` (a mount command) in the foreground with `-f`, its log (`RUST_LOG=level`)
+    /// going to `log`, and waits until the mount is live.
+    pub fn spawn_logged(
+        &self,
+        mut c: Command,
+        level: &str,
+        log: &Path,
+    ) -> (std::process::Child, Mounted<'_>) {
+        let child = c
+            .arg("-f")
+            .env("RUST_LOG", level)
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while !is_mounted(&self.mnt) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "never mounted: {}",
+                fs::read_to_string(log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (child, Mounted::adopt(self))
+    }
+
     /// A read-only union of the lowers.
     pub fn mount_read_only(&self) -> Mounted<'_> {
         let mut c = Command::new(BIN);
