@@ -51,9 +51,15 @@ impl LayerFs {
         let parent_st = sys::fstat(dst_dir.as_fd())?;
         let work = self.work()?;
         let tmp = work.temp_name();
+        // The copy keeps the inode number the mount showed; the alias is in place before
+        // the copy can be looked up, so the kernel never sees it under another number.
+        let mut alias = None;
         let built = self
             .build_copy(&src, &shown, work.fd(), &tmp, data)
             .and_then(|()| {
+                let new = sys::fstatat(work.fd(), &tmp)?;
+                self.aliases.insert(new.st_ino, node.ino);
+                alias = Some(new.st_ino);
                 sys::renameat2(
                     work.fd(),
                     &tmp,
@@ -63,17 +69,17 @@ impl LayerFs {
                 )
             });
         if let Err(e) = built {
+            if let Some(a) = alias {
+                self.aliases.remove(&a);
+            }
             if let Err(c) = work.remove(&tmp) {
                 log::warn!("copy-up cleanup of {tmp:?} failed: {c}");
             }
             log::debug!("copy-up of {:?} failed: {e}", place.name);
             return Err(e);
         }
-        restore_times(dst_dir.as_fd(), OsStr::new(""), &parent_st)?;
-        // Keep the inode number the mount showed.
-        let new = sys::fstatat(dst_dir.as_fd(), &place.name)?;
-        self.aliases.insert(new.st_ino, node.ino);
         node.set_upper();
+        restore_times(dst_dir.as_fd(), OsStr::new(""), &parent_st)?;
         if !node.is_dir() && st.st_nlink > 1 {
             // All names of a lower hard link are one inode: the other names follow the copy.
             node.pin();

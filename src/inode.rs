@@ -5,6 +5,8 @@
 //! (the `Arc<Inode>` is cloned out). `Inode::place` is a short `RwLock` held only to copy
 //! or update the place. `Inode::copy_lock` is held across a copy-up; a parent's copy-up
 //! always completes before a child's lock is taken, so no thread holds two.
+//! `Inode::names` (a directory's names) is taken first, before any of those: one per
+//! request, or for a rename both directories' in inode-number order.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -89,6 +91,11 @@ pub struct Inode {
     /// Kept in the table even at lookup count zero: a copied-up lower hard link, whose
     /// other names must keep finding the copy.
     pinned: AtomicBool,
+    /// For a directory: held shared while a lookup resolves a name in it and records the
+    /// result, and exclusively while a name in it is created, removed or renamed. The
+    /// kernel revalidates cached names without locking their directory, so without this
+    /// a lookup could record an object that a concurrent unlink has just removed.
+    pub names: RwLock<()>,
 }
 
 impl Inode {
@@ -163,12 +170,17 @@ impl Inode {
         held: Option<(LayerId, OwnedFd)>,
     ) {
         let mut p = self.place.write();
-        if p.parent == parent && p.name == name {
+        if last_link {
+            // No name of the object is left, whichever of them this node knew.
+            p.other_names.clear();
+            p.unlinked = true;
+            p.deleted = true;
+            p.held = held.map(|(l, fd)| (l, Arc::new(fd)));
+        } else if p.parent == parent && p.name == name {
             match p.other_names.pop() {
                 Some((i, n)) => (p.parent, p.name) = (i, n),
                 None => {
                     p.unlinked = true;
-                    p.deleted = last_link;
                     p.held = held.map(|(l, fd)| (l, Arc::new(fd)));
                 }
             }
@@ -234,6 +246,7 @@ impl InodeTable {
                 copied_up: AtomicBool::new(upper),
                 copy_lock: Mutex::new(()),
                 pinned: AtomicBool::new(false),
+                names: RwLock::new(()),
             }),
         );
         InodeTable { map }
@@ -259,6 +272,7 @@ impl InodeTable {
                 copied_up: AtomicBool::new(place.upper),
                 copy_lock: Mutex::new(()),
                 pinned: AtomicBool::new(false),
+                names: RwLock::new(()),
             })
         });
         let inode = Arc::clone(&entry);
@@ -288,6 +302,7 @@ impl InodeTable {
             copied_up: AtomicBool::new(upper),
             copy_lock: Mutex::new(()),
             pinned: AtomicBool::new(false),
+            names: RwLock::new(()),
         })
     }
 

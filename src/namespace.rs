@@ -138,6 +138,7 @@ impl LayerFs {
         caller: Caller,
     ) -> io::Result<Attr> {
         let parent = self.node(parent)?;
+        let _names = parent.names.write();
         let slot = self.slot(&parent, name)?;
         let pst = self.stat_at(0, slot.dir.as_fd(), OsStr::new(""))?;
         let (fmt, mode) = match object {
@@ -202,6 +203,7 @@ impl LayerFs {
             return Err(errno(libc::EPERM));
         }
         let newparent = self.node(newparent)?;
+        let _names = newparent.names.write();
         self.copy_up(&node, CopyData::Full)?;
         let slot = self.slot(&newparent, newname)?;
         let (src_dir, src_name) = self.parent_fd(0, &node)?;
@@ -258,6 +260,7 @@ impl LayerFs {
     fn remove(&self, parent: Ino, name: &OsStr, want_dir: bool) -> io::Result<()> {
         let upper = self.layers.writable()?;
         let parent = self.node(parent)?;
+        let _names = parent.names.write();
         let (st, place) = self.existing(&parent, name)?;
         let ino = self.ino_of(&st, &place)?;
         match (is_dir(&st), want_dir) {
@@ -284,7 +287,12 @@ impl LayerFs {
             whiteout::make_whiteout(dir.as_fd(), name, self.cfg.whiteout)?;
         }
         if let Some(node) = node {
-            let kept = held.take().filter(|_| keeps_hold(&st, &place));
+            // An fd not kept is closed only after the node is marked (end of scope).
+            let kept = if keeps_hold(&st, &place) {
+                held.take()
+            } else {
+                None
+            };
             node.drop_name(parent.ino, name, want_dir || st.st_nlink <= 1, kept);
         }
         Ok(())
@@ -352,6 +360,14 @@ impl LayerFs {
         let upper = self.layers.writable()?;
         let parent = self.node(parent)?;
         let newparent = self.node(newparent)?;
+        // Both directories' names, in inode order (once if they are the same).
+        let (first, second) = if parent.ino <= newparent.ino {
+            (&parent, &newparent)
+        } else {
+            (&newparent, &parent)
+        };
+        let _names = first.names.write();
+        let _names2 = (first.ino != second.ino).then(|| second.names.write());
         let (sst, splace) = self.existing(&parent, name)?;
         let dst = match self.resolve(&newparent, newname)? {
             Resolved::Found { st, place } => Some((*st, place)),
@@ -491,7 +507,11 @@ impl LayerFs {
             self.forget_alias_if_gone(dst_st, dplace);
             if let Some((dnode, mut held)) = victim {
                 let last = is_dir(dst_st) || dst_st.st_nlink <= 1;
-                let kept = held.take().filter(|_| keeps_hold(dst_st, dplace));
+                let kept = if keeps_hold(dst_st, dplace) {
+                    held.take()
+                } else {
+                    None
+                };
                 dnode.drop_name(newparent.ino, newname, last, kept);
             }
         }

@@ -296,9 +296,12 @@ impl LayerFs {
     /// Looks up `name` in `parent`, counting one kernel reference on success.
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> io::Result<Attr> {
         let parent = self.node(parent)?;
+        let _names = parent.names.read();
         self.lookup_in(&parent, name).map(|(_, a)| a)
     }
 
+    /// Resolves `name` in `parent` and records the node (one more kernel reference); the
+    /// caller holds `parent.names`.
     pub(crate) fn lookup_in(
         &self,
         parent: &Arc<Inode>,

@@ -242,7 +242,7 @@ impl Drop for LoopExt4 {
 }
 
 /// fsync through the mount puts the data on the upper's disk before it returns (for new
-/// files and for copied-up ones); with `volatile` it does not.
+/// files and for copied-up ones).
 #[test]
 fn fsync_reaches_the_upper_disk() {
     require_fuse!();
@@ -279,16 +279,18 @@ fn fsync_reaches_the_upper_disk() {
             .unwrap();
         h.write_all(old_marker.as_bytes()).unwrap();
         h.sync_data().unwrap();
-        assert_eq!(
+        // Without volatile the data must be on disk. With it, fsync returns at once and
+        // the data is usually still only in memory, but the kernel's own writeback may
+        // flush it at any moment (other tests write much), so that is only reported.
+        let on_disk = (
             disk.on_disk(new_marker.as_bytes()),
-            durable,
-            "new file, durable={durable}"
-        );
-        assert_eq!(
             disk.on_disk(old_marker.as_bytes()),
-            durable,
-            "copied-up file, durable={durable}"
         );
+        if durable {
+            assert_eq!(on_disk, (true, true), "(new file, copied-up file) on disk");
+        } else {
+            eprintln!("volatile: (new file, copied-up file) on disk after fsync: {on_disk:?}");
+        }
         drop(h);
         drop(m);
     }

@@ -4,8 +4,10 @@ mod common;
 use common::*;
 use std::ffi::OsStr;
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 
 #[test]
 fn long_odd_and_non_utf8_names() {
@@ -99,4 +101,103 @@ fn symlink_swapped_into_the_upper_is_not_followed() {
         0,
         "chown went through the symlink"
     );
+}
+
+/// An open directory, reached through `/proc/self/fd` so that paths of any depth can be
+/// walked with short path strings.
+struct Dir(fs::File);
+
+impl Dir {
+    fn open(p: &Path) -> std::io::Result<Dir> {
+        fs::File::open(p).map(Dir)
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd())).join(rel)
+    }
+
+    /// Goes `n` levels down through directories called `comp`, `make`-ing them on the way.
+    fn descend(mut self, comp: &str, n: usize, make: bool) -> std::io::Result<Dir> {
+        for _ in 0..n {
+            if make {
+                fs::create_dir(self.p(comp))?;
+            }
+            self = Dir::open(&self.p(comp))?;
+        }
+        Ok(self)
+    }
+
+    /// (name, type) of each entry, sorted; a whiteout shows as "c".
+    fn listing(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.p(""))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let t = e.file_type().unwrap();
+                let k = if t.is_dir() {
+                    "d"
+                } else if t.is_char_device() {
+                    "c"
+                } else {
+                    "f"
+                };
+                format!("{} {k}", e.file_name().to_string_lossy())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+const COMP: &str = "a-rather-long-directory-name-0123456789";
+const DEPTH: usize = 150;
+
+/// Operations at a depth whose full path is longer than PATH_MAX, with their answers.
+fn deep_ops(mnt: &Path) -> Vec<String> {
+    let d = Dir::open(mnt).unwrap().descend(COMP, DEPTH, false).unwrap();
+    let show = |r: std::io::Result<String>| r.unwrap_or_else(|e| format!("error {e}"));
+    let ok = |r: std::io::Result<()>| show(r.map(|()| "ok".into()));
+    let mut out = vec![
+        show(fs::read_to_string(d.p("leaf"))),
+        ok(fs::write(d.p("leaf2"), "changed")),
+        ok(fs::write(d.p("new"), "made")),
+        ok(fs::create_dir(d.p("sub"))),
+        ok(fs::rename(d.p("new"), d.p("sub/moved"))),
+        ok(fs::remove_file(d.p("leaf"))),
+        show(fs::read_to_string(d.p("sub/moved"))),
+        show(fs::read_to_string(d.p("leaf2"))),
+    ];
+    out.extend(d.listing());
+    out
+}
+
+/// A tree deeper than PATH_MAX in a lower: reading, copy-up, create, rename and whiteouts
+/// there give the same answers and the same upper as kernel overlayfs.
+#[test]
+fn paths_longer_than_path_max() {
+    require_fuse!();
+    let setup = |f: &Fixture| {
+        let d = Dir::open(f.lower(0))
+            .unwrap()
+            .descend(COMP, DEPTH, true)
+            .unwrap();
+        fs::write(d.p("leaf"), "deep").unwrap();
+        fs::write(d.p("leaf2"), "deep2").unwrap();
+    };
+    assert!(DEPTH * (COMP.len() + 1) > 4096);
+    let k = Fixture::new(1);
+    setup(&k);
+    let kernel = deep_ops(&k.kernel_mount().path);
+    let f = Fixture::new(1);
+    setup(&f);
+    let ours = deep_ops(&f.mount().path);
+    assert_eq!(ours, kernel);
+    let upper_listing = |f: &Fixture| {
+        let d = Dir::open(&f.upper)
+            .unwrap()
+            .descend(COMP, DEPTH, false)
+            .unwrap();
+        (d.listing(), fs::read_to_string(d.p("leaf2")).unwrap())
+    };
+    assert_eq!(upper_listing(&f), upper_listing(&k));
 }
