@@ -37,6 +37,10 @@ impl LayerFs {
             return Ok(());
         }
         let place = node.place();
+        if place.unlinked {
+            // Removed while this copy-up waited: nothing is left to copy.
+            return Err(errno(libc::ENOENT));
+        }
         let lower = *place.lowers.first().ok_or_else(|| errno(libc::ENOENT))?;
         let parent_path = self.path_of(place.parent)?;
         let src_dir = self.layers.get(lower).open_dir(&parent_path)?;

@@ -261,8 +261,15 @@ impl LayerFs {
         let upper = self.layers.writable()?;
         let parent = self.node(parent)?;
         let _names = parent.names.write();
-        let (st, place) = self.existing(&parent, name)?;
+        let (mut st, mut place) = self.existing(&parent, name)?;
         let ino = self.ino_of(&st, &place)?;
+        let node = self.node(ino).ok();
+        // A copy-up of a lower object does not take its directory's names: wait for one
+        // under way, and see what it left (a later one finds the node unlinked).
+        let _copying = node.as_ref().map(|n| n.copy_lock.lock());
+        if node.is_some() && !place.upper {
+            (st, place) = self.existing(&parent, name)?;
+        }
         match (is_dir(&st), want_dir) {
             (true, false) => return Err(errno(libc::EISDIR)),
             (false, true) => return Err(errno(libc::ENOTDIR)),
@@ -271,7 +278,6 @@ impl LayerFs {
         if want_dir && !self.is_empty_dir(&self.path_of(parent.ino)?.join(name), &place)? {
             return Err(errno(libc::ENOTEMPTY));
         }
-        let node = self.node(ino).ok();
         let mut held = node.as_ref().and_then(|_| self.hold(&parent, name, &place));
         if place.upper {
             let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
@@ -286,7 +292,7 @@ impl LayerFs {
             let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
             whiteout::make_whiteout(dir.as_fd(), name, self.cfg.whiteout)?;
         }
-        if let Some(node) = node {
+        if let Some(node) = &node {
             // An fd not kept is closed only after the node is marked (end of scope).
             let kept = if keeps_hold(&st, &place) {
                 held.take()
@@ -369,7 +375,7 @@ impl LayerFs {
         let _names = first.names.write();
         let _names2 = (first.ino != second.ino).then(|| second.names.write());
         let (sst, splace) = self.existing(&parent, name)?;
-        let dst = match self.resolve(&newparent, newname)? {
+        let mut dst = match self.resolve(&newparent, newname)? {
             Resolved::Found { st, place } => Some((*st, place)),
             Resolved::Missing { .. } => None,
         };
@@ -445,12 +451,21 @@ impl LayerFs {
         }
 
         let victim = match &dst {
-            Some((dst_st, dplace)) => match self.node(self.ino_of(dst_st, dplace)?) {
-                Ok(dnode) => Some((dnode, self.hold(&newparent, newname, dplace))),
-                Err(_) => None,
-            },
+            Some((dst_st, dplace)) => self.node(self.ino_of(dst_st, dplace)?).ok(),
             None => None,
         };
+        let mut victim_held = match (&victim, &dst) {
+            (Some(_), Some((_, dplace))) => self.hold(&newparent, newname, dplace),
+            _ => None,
+        };
+        // Wait for a copy-up of the replaced object under way; a later one finds it gone.
+        let _copying = victim.as_ref().map(|n| n.copy_lock.lock());
+        if victim.is_some() && dst.as_ref().is_some_and(|(_, p)| !p.upper) {
+            dst = match self.resolve(&newparent, newname)? {
+                Resolved::Found { st, place } => Some((*st, place)),
+                Resolved::Missing { .. } => None,
+            };
+        }
         // Every step below leaves a tree the kernel could show (the old one or the new
         // one), so a crash between steps loses nothing: the moved directory is made opaque
         // before it moves, an AUFS whiteout for the old name is made while the object
@@ -505,10 +520,10 @@ impl LayerFs {
         }
         if let Some((dst_st, dplace)) = &dst {
             self.forget_alias_if_gone(dst_st, dplace);
-            if let Some((dnode, mut held)) = victim {
+            if let Some(dnode) = &victim {
                 let last = is_dir(dst_st) || dst_st.st_nlink <= 1;
                 let kept = if keeps_hold(dst_st, dplace) {
-                    held.take()
+                    victim_held.take()
                 } else {
                     None
                 };
