@@ -132,3 +132,80 @@ fn umount_of_busy_mount_needs_lazy() {
     drop(open);
     eventually("daemon exit", || !alive(pid));
 }
+
+/// A shell with its working directory inside the mount, appending a line to `log` every
+/// 20 ms through a file it keeps open, until killed.
+fn writer_inside(mnt: &std::path::Path) -> std::process::Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg("exec 3>>log; while :; do echo line >&3 || exit 3; ls . >/dev/null || exit 4; sleep 0.02; done")
+        .current_dir(mnt)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Unmounting while a process works inside: a plain umount is refused as busy; a lazy one
+/// detaches at once while the process goes on writing to the upper; the daemon exits once
+/// the last user is gone, and everything written is in the upper.
+#[test]
+fn lazy_unmount_with_a_process_inside() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    let m = f.mount();
+    let pid = daemon_pid(&m.path);
+    let mut child = writer_inside(&m.path);
+    std::thread::sleep(Duration::from_millis(200));
+    let out = Command::new(BIN)
+        .arg("umount")
+        .arg(&f.mnt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a busy mount was unmounted");
+    let out = Command::new(BIN)
+        .args(["umount", "--lazy"])
+        .arg(&f.mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!is_mounted(&f.mnt));
+    let before = read(f.upper.join("log")).lines().count();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive(pid), "the daemon left a user behind");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the process inside failed"
+    );
+    let after = read(f.upper.join("log")).lines().count();
+    assert!(
+        after > before,
+        "no writes reached the upper after the detach"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eventually("daemon exit", || !alive(pid));
+    drop(m);
+}
+
+/// SIGTERM while a process works inside: the daemon syncs, detaches and exits; the mount
+/// is gone, the process gets "Transport endpoint is not connected", and what it wrote
+/// before is in the upper.
+#[test]
+fn stop_signal_with_a_process_inside() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    let m = f.mount();
+    let pid = daemon_pid(&m.path);
+    let mut child = writer_inside(&m.path);
+    std::thread::sleep(Duration::from_millis(200));
+    kill(pid, "-TERM");
+    eventually("daemon exit", || !alive(pid));
+    eventually("unmounted", || !is_mounted(&f.mnt));
+    let status = child.wait().unwrap();
+    assert!(
+        matches!(status.code(), Some(3) | Some(4)),
+        "the process inside should see its mount gone: {status:?}"
+    );
+    assert!(read(f.upper.join("log")).lines().count() >= 2);
+    drop(m);
+}
