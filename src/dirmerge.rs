@@ -38,12 +38,21 @@ pub struct LayerEntry {
 pub fn merge(layers: Vec<(LayerId, Vec<LayerEntry>)>) -> Vec<(LayerId, LayerEntry)> {
     let mut taken: HashSet<OsString> = HashSet::new();
     let mut out = Vec::new();
-    for (lid, entries) in layers {
+    let last = layers.len().saturating_sub(1);
+    for (i, (lid, entries)) in layers.into_iter().enumerate() {
         let mut whiteouts = Vec::new();
         for e in entries {
             match e.role {
                 EntryRole::Meta => {}
-                EntryRole::Whiteout => whiteouts.push(e.name),
+                // Nothing below the last layer: its whiteouts hide nothing and its names
+                // need not be remembered (a huge one-layer directory costs one copy).
+                EntryRole::Whiteout if i < last => whiteouts.push(e.name),
+                EntryRole::Whiteout => {}
+                EntryRole::Visible if i == last => {
+                    if !taken.contains(&e.name) {
+                        out.push((lid, e));
+                    }
+                }
                 EntryRole::Visible => {
                     if taken.insert(e.name.clone()) {
                         out.push((lid, e));

@@ -7,29 +7,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// A small tmpfs, unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn new(at: &Path, size: &str) -> Self {
-        fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        unmount(&self.0);
-    }
-}
-
 #[test]
 fn full_upper_fails_cleanly_and_recovers() {
     require_fuse!();

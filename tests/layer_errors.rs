@@ -317,37 +317,6 @@ fn lower_returning_eio() {
     drop(faulty);
 }
 
-/// A tmpfs at `dir` (the upper's filesystem, which the test can remount).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn new(dir: &Path) -> Self {
-        fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        Tmpfs(dir.to_path_buf())
-    }
-
-    fn remount(&self, how: &str) {
-        let st = Command::new("mount")
-            .args(["-o", &format!("remount,{how}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        unmount(&self.0);
-    }
-}
-
 #[test]
 fn upper_gone_read_only() {
     require_fuse!();
@@ -355,7 +324,7 @@ fn upper_gone_read_only() {
     put(f.lower(0), "low", "lower\n");
     put(f.lower(0), "d/low2", "lower\n");
     let fsdir = f.dir.path().join("upperfs");
-    let tmpfs = Tmpfs::new(&fsdir);
+    let tmpfs = Tmpfs::new(&fsdir, "16m");
     let (upper, work) = (fsdir.join("upper"), fsdir.join("work"));
     fs::create_dir(&upper).unwrap();
     fs::create_dir(&work).unwrap();

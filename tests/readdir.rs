@@ -93,3 +93,66 @@ fn opaque_and_empty_directories() {
     assert!(names(&m.p("d")).is_empty());
     assert_eq!(fs::read_dir(m.p("d")).unwrap().count(), 0);
 }
+
+/// Names of a directory listed through `readdir` in the order given, and a digest-free
+/// summary: (count, sorted names equal).
+fn listing(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect()
+}
+
+/// A directory of 1,000,000 visible entries merged from a lower and the upper (with a
+/// thousand whiteouts; on a tmpfs, which is quick to fill): layerfs lists exactly the names kernel overlayfs lists, looks up
+/// and changes entries in it, and its memory stays bounded.
+#[test]
+fn million_entries() {
+    require_fuse!();
+    let t0 = std::time::Instant::now();
+    let (f, _tmpfs) = Fixture::on_tmpfs(1, "4g");
+    let (lower, upper) = (f.lower(0).join("big"), f.upper.join("big"));
+    fs::create_dir(&lower).unwrap();
+    fs::create_dir(&upper).unwrap();
+    for i in 0..600_000 {
+        fs::File::create(lower.join(format!("f{i}"))).unwrap();
+    }
+    for i in 0..401_000 {
+        fs::File::create(upper.join(format!("g{i}"))).unwrap();
+    }
+    for i in 0..1000 {
+        mkwhiteout(&f.upper, &format!("big/f{i}"));
+    }
+    eprintln!("million_entries: layers made in {:?}", t0.elapsed());
+    let k = f.kernel_mount();
+    let mut theirs = listing(&k.p("big"));
+    drop(k);
+    eprintln!(
+        "million_entries: kernel overlayfs listed at {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(theirs.len(), 1_000_000);
+    let m = f.mount();
+    let pid = daemon_pid(&m.path);
+    let mut ours = listing(&m.p("big"));
+    assert_eq!(ours.len(), 1_000_000);
+    eprintln!("million_entries: layerfs listed at {:?}", t0.elapsed());
+    theirs.sort();
+    ours.sort();
+    assert!(
+        ours == theirs,
+        "layerfs and kernel overlayfs list different names"
+    );
+    let rss = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_string()))
+        .unwrap();
+    eprintln!("million_entries: daemon RSS after listing: {rss}");
+    assert_eq!(read(m.p("big/f599999")), "");
+    assert!(!m.p("big/f999").exists());
+    fs::write(m.p("big/new"), "n").unwrap();
+    fs::remove_file(m.p("big/f1000")).unwrap();
+    fs::remove_file(m.p("big/g0")).unwrap();
+    assert_eq!(listing(&m.p("big")).len(), 1_000_000 - 1);
+}

@@ -83,6 +83,18 @@ impl Fixture {
         }
     }
 
+    /// A fixture whose directories all live on a fresh tmpfs of `size` (fast to fill;
+    /// the tmpfs goes away when the returned guard drops, which must be before the
+    /// fixture).
+    pub fn on_tmpfs(n_lowers: usize, size: &str) -> (Self, Tmpfs) {
+        let f = Fixture::new(n_lowers);
+        let t = Tmpfs::new(f.dir.path(), size);
+        for d in f.lowers.iter().chain([&f.upper, &f.work, &f.mnt]) {
+            fs::create_dir(d).unwrap();
+        }
+        (f, t)
+    }
+
     pub fn lower(&self, i: usize) -> &Path {
         &self.lowers[i]
     }
@@ -191,6 +203,40 @@ impl Fixture {
             _fixture: self,
             path: self.mnt.clone(),
         }
+    }
+}
+
+/// A tmpfs mounted at a directory (created if needed); unmounted on drop.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn new(at: &Path, size: &str) -> Self {
+        fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs at {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// `mount -o remount,HOW` (e.g. `ro`, `rw`).
+    pub fn remount(&self, how: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,{how}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {how}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        unmount(&self.0);
     }
 }
 
