@@ -106,6 +106,24 @@ fn kill_during_copy_up_leaves_old_or_new() {
         drop(m);
         let _ = fs::remove_file(&up);
     }
+    // A copy-up for a truncation copies no data (the metadata-only copy-up): after a kill
+    // the file is the whole lower file, the truncated copy, or the new content.
+    for delay_ms in [0u64, 1, 2, 5, 10] {
+        let m = f.mount();
+        let target = m.p("big");
+        kill_during(m, delay_ms, move || {
+            let _ = fs::write(&target, "new");
+        });
+        let m = f.mount();
+        assert!(names(&f.work.join("work")).is_empty(), "temp left");
+        let len = fs::metadata(m.p("big")).unwrap().len() as usize;
+        assert!(
+            [size, 0, 3].contains(&len),
+            "partial file ({len} bytes) after a kill at {delay_ms} ms"
+        );
+        drop(m);
+        let _ = fs::remove_file(f.upper.join("big"));
+    }
 }
 
 /// `kill -9` at many points of a run of renames (copy-up, rename, whiteout) and unlinks
