@@ -16,9 +16,21 @@ use crate::whiteout::WhiteoutFormat;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageError(pub String);
 
+/// The longest message shown whole; longer ones (a huge option echoed back) lose their
+/// middle, so the error stays one readable line.
+const MAX_MESSAGE: usize = 400;
+
 impl fmt::Display for UsageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        let one_line = self.0.replace('\n', "\\n");
+        let chars: Vec<char> = one_line.chars().collect();
+        if chars.len() <= MAX_MESSAGE {
+            return f.write_str(&one_line);
+        }
+        let head: String = chars[..MAX_MESSAGE / 2].iter().collect();
+        let tail: String = chars[chars.len() - MAX_MESSAGE / 4..].iter().collect();
+        let cut = chars.len() - MAX_MESSAGE / 2 - MAX_MESSAGE / 4;
+        write!(f, "{head}[... {cut} characters ...]{tail}")
     }
 }
 
@@ -364,6 +376,16 @@ pub fn split_lowerdir(value: &OsStr) -> Result<Vec<PathBuf>, UsageError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn long_messages_stay_one_short_line() {
+        let e = UsageError(format!("unknown option '{}'\nsecond", "a".repeat(100_000)));
+        let shown = e.to_string();
+        assert!(shown.len() < 500 && !shown.contains('\n'), "{shown}");
+        assert!(shown.starts_with("unknown option 'aaa") && shown.ends_with("\\nsecond"));
+        assert_eq!(UsageError("short".into()).to_string(), "short");
+    }
+
     use super::*;
 
     fn spec(opts: &str) -> Result<MountSpec, UsageError> {

@@ -4,6 +4,7 @@ mod common;
 use common::*;
 use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -38,6 +39,7 @@ fn assert_refused(f: &Fixture, args: &[&OsStr], needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} succeeded");
     assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
+    assert!(err.len() < 1000, "{args:?}: a {}-byte message", err.len());
     assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
     assert!(!is_mounted(&f.mnt), "{args:?} mounted");
     assert_eq!(tree(f.dir.path()), before, "{args:?} changed the disk");
@@ -81,6 +83,11 @@ fn bad_input_is_refused_cleanly() {
     let lower_only = OsString::from(format!("lowerdir={}", lowers.to_str().unwrap()));
     let many: Vec<String> = (0..501).map(|i| format!("/l{i}")).collect();
     let many = OsString::from(many.join(":"));
+    let huge_opt = OsString::from("x".repeat(100_000));
+    let huge_lower = OsString::from(format!("lowerdir=/{}", "y".repeat(100_000)));
+    let non_utf8 = OsString::from_vec(b"/no/such/\xff\xfe".to_vec());
+    let mut non_utf8_opt = OsString::from("lowerdir=");
+    non_utf8_opt.push(&non_utf8);
     let cases: Vec<(Vec<OsString>, &str)> = vec![
         (m(&[missing.as_os_str(), up, mnt]), "lower layer"),
         (m(&[file.as_os_str(), up, mnt]), "not a directory"),
@@ -121,6 +128,13 @@ fn bad_input_is_refused_cleanly() {
             "empty layer",
         ),
         (vec!["-o".into(), lower_only], "no mountpoint"),
+        (
+            m(&[&lowers, up, mnt, os("-o"), &huge_opt]),
+            "unknown mount option",
+        ),
+        (vec!["-o".into(), huge_lower, mnt.into()], "lower layer"),
+        (m(&[&non_utf8, up, mnt]), "lower layer"),
+        (vec!["-o".into(), non_utf8_opt, mnt.into()], "lower layer"),
     ];
     for (args, needle) in &cases {
         let a: Vec<&OsStr> = args.iter().map(|x| x.as_os_str()).collect();
@@ -369,4 +383,39 @@ fn unprivileged_mount_through_fusermount3() {
     );
     assert!(!is_mounted(&f.mnt));
     drop(guard);
+}
+
+/// Layer paths that are not UTF-8 are paths like any other, in both command-line forms.
+#[test]
+fn non_utf8_layer_paths() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    let odd = f
+        .dir
+        .path()
+        .join(OsString::from_vec(b"lower\xff\n".to_vec()));
+    fs::create_dir(&odd).unwrap();
+    put(&odd, "file", "odd\n");
+    let mut c = Command::new(BIN);
+    c.arg("mount")
+        .arg(&odd)
+        .arg(&f.upper)
+        .arg(&f.mnt)
+        .arg("--workdir")
+        .arg(&f.work);
+    let m = f.run_mount(c);
+    assert_eq!(read(m.p("file")), "odd\n");
+    drop(m);
+    let mut opts = OsString::from("lowerdir=");
+    opts.push(&odd);
+    opts.push(format!(
+        ",upperdir={},workdir={}",
+        f.upper.display(),
+        f.work.display()
+    ));
+    let mut c = Command::new(BIN);
+    c.arg("-o").arg(&opts).arg(&f.mnt);
+    let m = f.run_mount(c);
+    fs::write(m.p("file"), "changed\n").unwrap();
+    assert_eq!(read(f.upper.join("file")), "changed\n");
 }
