@@ -236,6 +236,19 @@ impl Filesystem for Faulty {
     }
 }
 
+/// The faulty filesystem's mount; unmounted on drop, even on panic (after the layerfs
+/// mount above it, which is declared later and so dropped first).
+struct FaultyMount(Option<fuser::BackgroundSession>, std::path::PathBuf);
+
+impl Drop for FaultyMount {
+    fn drop(&mut self) {
+        unmount(&self.1);
+        if let Some(session) = self.0.take() {
+            let _ = session.join();
+        }
+    }
+}
+
 /// Whether the daemon's log has a warning naming `what`, and no panic.
 fn logged(log: &Path, what: &str) -> bool {
     let text = fs::read_to_string(log).unwrap_or_default();
@@ -248,18 +261,21 @@ fn lower_returning_eio() {
     require_fuse!();
     let f = Fixture::new(1);
     let broken = Arc::new(AtomicBool::new(false));
-    let faulty = {
-        let mut config = fuser::Config::default();
-        config.mount_options = vec![fuser::MountOption::FSName("faulty".into())];
-        fuser::spawn_mount(
-            Faulty {
-                broken: broken.clone(),
-            },
-            f.lower(0),
-            &config,
-        )
-        .expect("mount the faulty lower")
-    };
+    let _faulty = FaultyMount(
+        Some({
+            let mut config = fuser::Config::default();
+            config.mount_options = vec![fuser::MountOption::FSName("faulty".into())];
+            fuser::spawn_mount(
+                Faulty {
+                    broken: broken.clone(),
+                },
+                f.lower(0),
+                &config,
+            )
+            .expect("mount the faulty lower")
+        }),
+        f.lower(0).to_path_buf(),
+    );
     let log = f.dir.path().join("daemon.log");
     let (mut daemon, m) = f.spawn_logged(f.mount_command(), "layerfs=warn", &log);
 
@@ -314,7 +330,6 @@ fn lower_returning_eio() {
     drop(open);
     drop(m);
     assert_eq!(daemon.wait().unwrap().code(), Some(0));
-    drop(faulty);
 }
 
 #[test]
