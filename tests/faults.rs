@@ -46,8 +46,27 @@ fn full_upper_fails_cleanly_and_recovers() {
     assert_eq!(err, libc::ENOSPC);
     drop(h);
     assert_eq!(names(&m.path), ["big", "filler", "small"]);
-    // After space is freed, everything works again.
+    // After space is freed, everything works again. (FUSE sends the close of `filler`
+    // asynchronously, so the daemon may still hold it open for a moment after the unlink:
+    // wait until its blocks are back.)
     fs::remove_file(m.p("filler")).unwrap();
+    let free_kib = || -> u64 {
+        let out = Command::new("df")
+            .args(["--output=avail", "-k"])
+            .arg(&small)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines().nth(1).unwrap().trim().parse().unwrap()
+    };
+    let start = std::time::Instant::now();
+    while free_kib() < 2048 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "space never came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut h = fs::OpenOptions::new()
         .append(true)
         .open(m.p("small"))
