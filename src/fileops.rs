@@ -47,6 +47,7 @@ fn wants_write(flags: i32) -> bool {
 
 /// The most entries one `readdir` call returns.
 const READDIR_BATCH: usize = 2048;
+
 impl LayerFs {
     /// Opens the real object of `node` with `flags` (never following a symlink). The name
     /// is first opened `O_PATH` and checked to still hold `node`'s object, so a request

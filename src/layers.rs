@@ -167,14 +167,14 @@ impl Layers {
         &self.layers[0]
     }
 
-    /// The inode number the mount shows for inode `st_ino` of layer `id`: the layer's
-    /// filesystem index in the high 16 bits, the real number in the low 48, so numbers are
-    /// unique across layers, stable for the mount's life, and shared by hard links.
     /// An inode number no object of any layer maps to.
     pub fn fresh_ino(&self) -> u64 {
         self.next_overflow.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The inode number the mount shows for inode `st_ino` of layer `id`: the layer's
+    /// filesystem index in the high 16 bits, the real number in the low 48, so numbers are
+    /// unique across layers, stable for the mount's life, and shared by hard links.
     pub fn ino(&self, id: LayerId, st_ino: u64) -> u64 {
         let fs = self.get(id).fs_index;
         if st_ino < (1 << INO_BITS) && fs < 0xfffe {

@@ -215,10 +215,15 @@ impl LayerFs {
 
     /// Resolves `name` in `parent` to an existing object.
     fn existing(&self, parent: &Inode, name: &OsStr) -> io::Result<(Stat, Place)> {
-        match self.resolve(parent, name)? {
-            Resolved::Found { st, place } => Ok((*st, place)),
-            Resolved::Missing { .. } => Err(errno(libc::ENOENT)),
-        }
+        self.found(parent, name)?.ok_or_else(|| errno(libc::ENOENT))
+    }
+
+    /// Resolves `name` in `parent`: the object, or `None` if nothing shows there.
+    fn found(&self, parent: &Inode, name: &OsStr) -> io::Result<Option<(Stat, Place)>> {
+        Ok(match self.resolve(parent, name)? {
+            Resolved::Found { st, place } => Some((*st, place)),
+            Resolved::Missing { .. } => None,
+        })
     }
 
     /// Replaces the upper object `dir/name` with a whiteout, atomically in overlay format.
@@ -293,13 +298,7 @@ impl LayerFs {
             whiteout::make_whiteout(dir.as_fd(), name, self.cfg.whiteout)?;
         }
         if let Some(node) = &node {
-            // An fd not kept is closed only after the node is marked (end of scope).
-            let kept = if keeps_hold(&st, &place) {
-                held.take()
-            } else {
-                None
-            };
-            node.drop_name(parent.ino, name, want_dir || st.st_nlink <= 1, kept);
+            drop_name(node, parent.ino, name, (&st, &place), &mut held);
         }
         Ok(())
     }
@@ -375,10 +374,7 @@ impl LayerFs {
         let _names = first.names.write();
         let _names2 = (first.ino != second.ino).then(|| second.names.write());
         let (sst, splace) = self.existing(&parent, name)?;
-        let mut dst = match self.resolve(&newparent, newname)? {
-            Resolved::Found { st, place } => Some((*st, place)),
-            Resolved::Missing { .. } => None,
-        };
+        let mut dst = self.found(&newparent, newname)?;
         if dst.is_none() {
             check_new_name(newname)?;
         }
@@ -461,10 +457,7 @@ impl LayerFs {
         // Wait for a copy-up of the replaced object under way; a later one finds it gone.
         let _copying = victim.as_ref().map(|n| n.copy_lock.lock());
         if victim.is_some() && dst.as_ref().is_some_and(|(_, p)| !p.upper) {
-            dst = match self.resolve(&newparent, newname)? {
-                Resolved::Found { st, place } => Some((*st, place)),
-                Resolved::Missing { .. } => None,
-            };
+            dst = self.found(&newparent, newname)?;
         }
         // Every step below leaves a tree the kernel could show (the old one or the new
         // one), so a crash between steps loses nothing: the moved directory is made opaque
@@ -521,13 +514,13 @@ impl LayerFs {
         if let Some((dst_st, dplace)) = &dst {
             self.forget_alias_if_gone(dst_st, dplace);
             if let Some(dnode) = &victim {
-                let last = is_dir(dst_st) || dst_st.st_nlink <= 1;
-                let kept = if keeps_hold(dst_st, dplace) {
-                    victim_held.take()
-                } else {
-                    None
-                };
-                dnode.drop_name(newparent.ino, newname, last, kept);
+                drop_name(
+                    dnode,
+                    newparent.ino,
+                    newname,
+                    (dst_st, dplace),
+                    &mut victim_held,
+                );
             }
         }
         snode.rename(parent.ino, name, newparent.ino, newname);
@@ -559,10 +552,24 @@ impl LayerFs {
     }
 }
 
-/// Whether a node losing its name keeps the held fd of its object (see
-/// [`LayerFs::hold`]): not an upper non-directory losing its last link, whose space that
-/// would keep allocated until the kernel's asynchronous forget (an open file keeps its data
-/// through its handle anyway).
-fn keeps_hold(st: &Stat, place: &Place) -> bool {
-    !(place.upper && !is_dir(st) && st.st_nlink <= 1)
+/// Tells `node` that its name `parent/name` (the object `st` at `place`) was removed,
+/// giving it `held` (see [`LayerFs::hold`]) unless it is an upper non-directory losing its
+/// last link: holding that would keep its space allocated until the kernel's asynchronous
+/// forget (an open file keeps its data through its handle anyway). An fd not given stays
+/// in `held`, so the caller closes it only after the node is marked.
+fn drop_name(
+    node: &Inode,
+    parent: Ino,
+    name: &OsStr,
+    (st, place): (&Stat, &Place),
+    held: &mut Option<(LayerId, OwnedFd)>,
+) {
+    let last_link = is_dir(st) || st.st_nlink <= 1;
+    let keep = !(place.upper && !is_dir(st) && last_link);
+    node.drop_name(
+        parent,
+        name,
+        last_link,
+        if keep { held.take() } else { None },
+    );
 }

@@ -376,16 +376,6 @@ pub fn split_lowerdir(value: &OsStr) -> Result<Vec<PathBuf>, UsageError> {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn long_messages_stay_one_short_line() {
-        let e = UsageError(format!("unknown option '{}'\nsecond", "a".repeat(100_000)));
-        let shown = e.to_string();
-        assert!(shown.len() < 500 && !shown.contains('\n'), "{shown}");
-        assert!(shown.starts_with("unknown option 'aaa") && shown.ends_with("\\nsecond"));
-        assert_eq!(UsageError("short".into()).to_string(), "short");
-    }
-
     use super::*;
 
     fn spec(opts: &str) -> Result<MountSpec, UsageError> {
@@ -485,5 +475,14 @@ mod tests {
         let s = spec("lowerdir=/a,volatile,whiteout=aufs").unwrap();
         assert!(s.volatile && !s.fsync);
         assert_eq!(s.whiteout, Some(WhiteoutFormat::Aufs));
+    }
+
+    #[test]
+    fn long_messages_stay_one_short_line() {
+        let e = UsageError(format!("unknown option '{}'\nsecond", "a".repeat(100_000)));
+        let shown = e.to_string();
+        assert!(shown.len() < 500 && !shown.contains('\n'), "{shown}");
+        assert!(shown.starts_with("unknown option 'aaa") && shown.ends_with("\\nsecond"));
+        assert_eq!(UsageError("short".into()).to_string(), "short");
     }
 }

@@ -147,13 +147,13 @@ impl LayerFs {
 
     /// The inode number shown for the object with real inode `st_ino` in layer `layer`.
     pub(crate) fn ino_for(&self, layer: LayerId, st_ino: u64) -> Ino {
-        let n = self.layers.ino(layer, st_ino);
         if !self.layers.is_upper(layer) {
-            return n;
+            return self.layers.ino(layer, st_ino);
         }
         if let Some(a) = self.aliases.get(&st_ino) {
             return *a;
         }
+        let n = self.layers.ino(layer, st_ino);
         // The upper reused the real inode number of a deleted object the kernel still
         // holds: the new object gets a number of its own, so the kernel never sees one
         // node number stand for two objects (a race there gives EIO on the old inode).

@@ -134,15 +134,17 @@ fn umount_of_busy_mount_needs_lazy() {
 }
 
 /// A shell with its working directory inside the mount, appending a line to `log` every
-/// 20 ms through a file it keeps open, until killed.
+/// 20 ms through a file it keeps open, until killed; started and given 200 ms.
 fn writer_inside(mnt: &std::path::Path) -> std::process::Child {
-    Command::new("sh")
+    let child = Command::new("sh")
         .arg("-c")
         .arg("exec 3>>log; while :; do echo line >&3 || exit 3; ls . >/dev/null || exit 4; sleep 0.02; done")
         .current_dir(mnt)
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    child
 }
 
 /// Unmounting while a process works inside: a plain umount is refused as busy; a lazy one
@@ -155,7 +157,6 @@ fn lazy_unmount_with_a_process_inside() {
     let m = f.mount();
     let pid = daemon_pid(&m.path);
     let mut child = writer_inside(&m.path);
-    std::thread::sleep(Duration::from_millis(200));
     let out = Command::new(BIN)
         .arg("umount")
         .arg(&f.mnt)
@@ -197,7 +198,6 @@ fn stop_signal_with_a_process_inside() {
     let m = f.mount();
     let pid = daemon_pid(&m.path);
     let mut child = writer_inside(&m.path);
-    std::thread::sleep(Duration::from_millis(200));
     kill(pid, "-TERM");
     eventually("daemon exit", || !alive(pid));
     eventually("unmounted", || !is_mounted(&f.mnt));

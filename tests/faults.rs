@@ -18,14 +18,7 @@ fn full_upper_fails_cleanly_and_recovers() {
     fs::create_dir(&work).unwrap();
     fs::write(f.lower(0).join("big"), vec![1u8; 8 << 20]).unwrap();
     fs::write(f.lower(0).join("small"), vec![2u8; 1 << 20]).unwrap();
-    let mut c = Command::new(BIN);
-    c.arg("mount")
-        .arg(f.lowerdir())
-        .arg(&upper)
-        .arg(&f.mnt)
-        .arg("--workdir")
-        .arg(&work);
-    let m = f.run_mount(c);
+    let m = f.run_mount(f.mount_command_on(&upper, &work));
     // Copy-up of a file larger than the upper fails with ENOSPC; nothing partial shows.
     let r = fs::OpenOptions::new().append(true).open(m.p("big"));
     assert_eq!(errno(r), libc::ENOSPC);
@@ -269,14 +262,8 @@ fn fsync_reaches_the_upper_disk() {
         let work = disk.at.join(format!("work{durable}"));
         fs::create_dir_all(&upper).unwrap();
         fs::create_dir_all(&work).unwrap();
-        let mut c = Command::new(BIN);
-        c.arg("mount")
-            .arg(f.lowerdir())
-            .arg(&upper)
-            .arg(&f.mnt)
-            .arg("--workdir")
-            .arg(&work)
-            .args(opts);
+        let mut c = f.mount_command_on(&upper, &work);
+        c.args(opts);
         let m = f.run_mount(c);
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

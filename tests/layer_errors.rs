@@ -7,7 +7,6 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
@@ -343,13 +342,7 @@ fn upper_gone_read_only() {
     let (upper, work) = (fsdir.join("upper"), fsdir.join("work"));
     fs::create_dir(&upper).unwrap();
     fs::create_dir(&work).unwrap();
-    let mut c = Command::new(BIN);
-    c.arg("mount")
-        .arg(f.lowerdir())
-        .arg(&upper)
-        .arg(&f.mnt)
-        .arg("--workdir")
-        .arg(&work);
+    let c = f.mount_command_on(&upper, &work);
     let log = f.dir.path().join("daemon.log");
     let (mut daemon, m) = f.spawn_logged(c, "layerfs=warn", &log);
     fs::write(m.p("mine"), "upper\n").unwrap();

@@ -117,13 +117,18 @@ impl Fixture {
 
     /// `layerfs mount LOWERS UPPER MNT --workdir WORK`, not yet run.
     pub fn mount_command(&self) -> Command {
+        self.mount_command_on(&self.upper, &self.work)
+    }
+
+    /// The same with another upper and workdir (on a filesystem of the test's choosing).
+    pub fn mount_command_on(&self, upper: &Path, work: &Path) -> Command {
         let mut c = Command::new(BIN);
         c.arg("mount")
             .arg(self.lowerdir())
-            .arg(&self.upper)
+            .arg(upper)
             .arg(&self.mnt)
             .arg("--workdir")
-            .arg(&self.work);
+            .arg(work);
         c
     }
 
