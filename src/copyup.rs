@@ -169,11 +169,10 @@ impl LayerFs {
         };
         match fmt {
             libc::S_IFREG => {
-                let from = File::from(sys::openat(
+                let from = File::from(sys::openat_noatime(
                     src.dir,
                     src.name,
                     libc::O_RDONLY | libc::O_NOFOLLOW,
-                    0,
                 )?);
                 let to = File::from(sys::openat(
                     work,

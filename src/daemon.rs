@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::fuse::FuseFs;
-use crate::options::{MountSpec, UsageError};
+use crate::options::{Access, Atime, MountFlags, MountSpec, UsageError};
 use crate::setup::{self, Prepared, plain};
 use crate::sys;
 use crate::union::LayerFs;
@@ -27,6 +27,7 @@ pub fn mount(spec: &MountSpec) -> Result<(), UsageError> {
     sys::raise_nofile_limit();
     sys::set_umask(0);
     let prepared = setup::prepare(spec)?;
+    let flags = prepared.flags;
     let dev_fuse = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -36,7 +37,7 @@ pub fn mount(spec: &MountSpec) -> Result<(), UsageError> {
     // setuid fusermount3 (in the serving process, which then holds the connection).
     let mounter = if sys::geteuid() == 0 {
         let dev_fuse = OwnedFd::from(dev_fuse);
-        kernel_mount(spec, &prepared.mountpoint, &dev_fuse)?;
+        kernel_mount(spec, flags, &prepared.mountpoint, &dev_fuse)?;
         Mounter::Fd(dev_fuse)
     } else {
         Mounter::Fusermount
@@ -84,60 +85,68 @@ enum Mounter {
     Fusermount,
 }
 
-/// The mount options fusermount3 gets for `spec`.
-fn fusermount_options(spec: &MountSpec) -> Vec<MountOption> {
+/// The mount options fusermount3 gets for `spec` with `flags`.
+fn fusermount_options(spec: &MountSpec, flags: MountFlags) -> Vec<MountOption> {
     let mut o = vec![
         MountOption::FSName(spec.fsname.clone().unwrap_or_else(|| "layerfs".into())),
         MountOption::Subtype(spec.subtype.clone().unwrap_or_else(|| "layerfs".into())),
         MountOption::DefaultPermissions,
-        if spec.dev {
+        if flags.dev {
             MountOption::Dev
         } else {
             MountOption::NoDev
         },
-        if spec.suid {
+        if flags.suid {
             MountOption::Suid
         } else {
             MountOption::NoSuid
         },
+        match flags.atime {
+            Atime::Never => MountOption::NoAtime,
+            Atime::Relative => MountOption::CUSTOM("relatime".into()),
+            Atime::Strict => MountOption::CUSTOM("strictatime".into()),
+        },
     ];
-    if !spec.exec {
+    if !flags.exec {
         o.push(MountOption::NoExec);
     }
-    if spec.noatime {
-        o.push(MountOption::NoAtime);
-    }
-    if spec.read_only {
+    if flags.read_only {
         o.push(MountOption::RO);
     }
     o
 }
 
-fn kernel_mount(spec: &MountSpec, mountpoint: &Path, dev_fuse: &OwnedFd) -> Result<(), UsageError> {
+fn kernel_mount(
+    spec: &MountSpec,
+    flags: MountFlags,
+    mountpoint: &Path,
+    dev_fuse: &OwnedFd,
+) -> Result<(), UsageError> {
     let mut data = format!(
         "fd={},rootmode=40000,user_id={},group_id={},default_permissions",
         dev_fuse.as_raw_fd(),
         sys::getuid(),
         sys::getgid()
     );
-    if spec.allow_other || spec.allow_root {
+    if flags.access != Access::Owner {
         data.push_str(",allow_other");
     }
-    let mut flags = 0u64;
+    let mut mflags = 0u64;
     for (on, flag) in [
-        (!spec.dev, libc::MS_NODEV),
-        (!spec.suid, libc::MS_NOSUID),
-        (!spec.exec, libc::MS_NOEXEC),
-        (spec.noatime, libc::MS_NOATIME),
-        (spec.read_only, libc::MS_RDONLY),
+        (!flags.dev, libc::MS_NODEV),
+        (!flags.suid, libc::MS_NOSUID),
+        (!flags.exec, libc::MS_NOEXEC),
+        (flags.atime == Atime::Never, libc::MS_NOATIME),
+        (flags.atime == Atime::Strict, libc::MS_STRICTATIME),
+        (flags.read_only, libc::MS_RDONLY),
     ] {
         if on {
-            flags |= flag;
+            mflags |= flag;
         }
     }
     let fstype = format!("fuse.{}", spec.subtype.as_deref().unwrap_or("layerfs"));
     let source = spec.fsname.as_deref().unwrap_or("layerfs");
-    sys::mount(OsStr::new(source), mountpoint, &fstype, flags, &data).map_err(|e| {
+    sys::mount(OsStr::new(source), mountpoint, &fstype, mflags, &data).map_err(|e| {
         UsageError(format!(
             "cannot mount on {}: {}",
             mountpoint.display(),
@@ -174,12 +183,11 @@ fn serve(
         (true, Some(u)) => u.root().try_clone_to_owned().ok(),
         _ => None,
     };
-    let acl = if spec.allow_other {
-        SessionACL::All
-    } else if spec.allow_root {
-        SessionACL::RootAndOwner
-    } else {
-        SessionACL::Owner
+    let flags = prepared.flags;
+    let acl = match flags.access {
+        Access::All => SessionACL::All,
+        Access::RootAndOwner => SessionACL::RootAndOwner,
+        Access::Owner => SessionACL::Owner,
     };
     let mut config = Config::default();
     config.n_threads = Some(spec.threads);
@@ -191,7 +199,7 @@ fn serve(
     let started = match mounter {
         Mounter::Fd(dev_fuse) => Session::from_fd(FuseFs(fs, spec.timeout), dev_fuse, acl, config),
         Mounter::Fusermount => {
-            config.mount_options = fusermount_options(spec);
+            config.mount_options = fusermount_options(spec, flags);
             config.acl = acl;
             Session::new(FuseFs(fs, spec.timeout), &mountpoint, &config)
         }

@@ -8,10 +8,12 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use crate::atime;
 use crate::copyup::CopyData;
 use crate::dirmerge::MergedEntry;
 use crate::handles::{OpenDir, OpenFile};
 use crate::inode::{Ino, Inode};
+use crate::options::Atime;
 use crate::sys::{self, SetTime};
 use crate::union::{Attr, LayerFs, errno};
 
@@ -64,7 +66,7 @@ impl LayerFs {
             self.same_object(node, top, st)?;
             path
         };
-        let file = sys::reopen(fd.as_fd(), flags & !(STRIP_FLAGS | libc::O_NOFOLLOW))?;
+        let file = sys::reopen_noatime(fd.as_fd(), flags & !(STRIP_FLAGS | libc::O_NOFOLLOW))?;
         Ok((File::from(file), place.upper))
     }
 
@@ -103,6 +105,9 @@ impl LayerFs {
         let h = self.open_file(fh)?;
         let mut buf = vec![0u8; size as usize];
         let f = h.file();
+        if h.on_upper() && h.wants_atime(self.cfg.atime) {
+            atime::accessed(self.cfg.atime, f.as_fd())?;
+        }
         let mut done = 0;
         while done < buf.len() {
             let n = f.read_at(&mut buf[done..], offset + done as u64)?;
@@ -279,6 +284,11 @@ impl LayerFs {
             match (&*cached, offset) {
                 (Some(e), o) if o != 0 => Arc::clone(e),
                 _ => {
+                    if self.cfg.atime != Atime::Never && h.node.in_upper() {
+                        let (dir, name) = self.parent_fd(0, &h.node)?;
+                        let fd = self.upper_object(dir.as_fd(), &name, libc::O_PATH)?;
+                        atime::accessed(self.cfg.atime, fd.as_fd())?;
+                    }
                     let fresh = Arc::new(self.list_dir(&h.node)?);
                     *cached = Some(Arc::clone(&fresh));
                     fresh

@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::debug;
 
@@ -137,10 +137,12 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
-fn caller(req: &Request) -> Caller {
+fn caller(req: &Request, umask: u32) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        pid: req.pid(),
+        umask,
     }
 }
 
@@ -167,7 +169,32 @@ fn reply_xattr(op: &str, r: io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
     }
 }
 
+/// The capabilities layerfs asks the kernel for, each with why. Negotiated in one place.
+fn wanted_capabilities(fs: &LayerFs) -> Vec<(InitFlags, &'static str)> {
+    let mut want = vec![(
+        InitFlags::FUSE_DONT_MASK,
+        "the umask reaches the daemon, which applies it only where no default ACL does",
+    )];
+    if fs.cfg.xattrs {
+        want.push((
+            InitFlags::FUSE_POSIX_ACL,
+            "the kernel enforces POSIX ACLs (system.posix_acl_*) as on kernel overlayfs",
+        ));
+    }
+    want
+}
+
 impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        for (flag, why) in wanted_capabilities(&self.0) {
+            match config.add_capabilities(flag) {
+                Ok(()) => debug!("negotiated {flag:?}: {why}"),
+                Err(_) => log::warn!("the kernel does not offer {flag:?}; so not: {why}"),
+            }
+        }
+        Ok(())
+    }
+
     fn destroy(&mut self) {
         self.0.shutdown();
     }
@@ -245,7 +272,7 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -254,7 +281,10 @@ impl Filesystem for FuseFs {
             mode,
             rdev: decode_dev(rdev),
         };
-        let r = guard(|| self.0.create_object(parent.0, name, obj, caller(req)));
+        let r = guard(|| {
+            self.0
+                .create_object(parent.0, name, obj, caller(req, umask))
+        });
         reply_entry("mknod", r, self.1, reply);
     }
 
@@ -264,13 +294,14 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         debug!("mkdir {} {name:?} {mode:o}", parent.0);
         let r = guard(|| {
+            let obj = NewObject::Dir { mode };
             self.0
-                .create_object(parent.0, name, NewObject::Dir { mode }, caller(req))
+                .create_object(parent.0, name, obj, caller(req, umask))
         });
         reply_entry("mkdir", r, self.1, reply);
     }
@@ -297,7 +328,10 @@ impl Filesystem for FuseFs {
         let obj = NewObject::Symlink {
             target: target.as_os_str(),
         };
-        let r = guard(|| self.0.create_object(parent.0, link_name, obj, caller(req)));
+        let r = guard(|| {
+            self.0
+                .create_object(parent.0, link_name, obj, caller(req, 0))
+        });
         reply_entry("symlink", r, self.1, reply);
     }
 
@@ -496,7 +530,7 @@ impl Filesystem for FuseFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -507,7 +541,7 @@ impl Filesystem for FuseFs {
         debug!("setxattr {} {name:?}", ino.0);
         reply_empty(
             "setxattr",
-            guard(|| self.0.setxattr(ino.0, name, value, flags)),
+            guard(|| self.0.setxattr(ino.0, name, value, flags, caller(req, 0))),
             reply,
         );
     }
@@ -555,14 +589,15 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         debug!("create {} {name:?} {mode:o} {flags:#o}", parent.0);
         let r = guard(|| {
+            let obj = NewObject::File { mode };
             self.0
-                .create_object(parent.0, name, NewObject::File { mode }, caller(req))
+                .create_object(parent.0, name, obj, caller(req, umask))
         })
         .and_then(|a| Ok((a, guard(|| self.0.open(a.ino, flags & !libc::O_TRUNC))?)));
         match r {

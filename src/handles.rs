@@ -11,6 +11,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::dirmerge::MergedEntry;
 use crate::inode::Inode;
+use crate::options::Atime;
 
 /// An open regular file.
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub struct OpenFile {
     on_upper: AtomicBool,
     /// The open flags the backing fd was opened with.
     pub flags: i32,
+    /// Whether a read through this handle has recorded an access (relatime needs it once).
+    accessed: AtomicBool,
 }
 
 impl OpenFile {
@@ -31,6 +34,18 @@ impl OpenFile {
             file: RwLock::new(file),
             on_upper: AtomicBool::new(on_upper),
             flags,
+            accessed: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether this read is to record an access under `policy`: every read for
+    /// strictatime, the first one for relatime (after it the access is newer than any
+    /// change, so relatime would not update again), none for noatime.
+    pub fn wants_atime(&self, policy: Atime) -> bool {
+        match policy {
+            Atime::Never => false,
+            Atime::Strict => true,
+            Atime::Relative => !self.accessed.swap(true, Ordering::Relaxed),
         }
     }
 

@@ -4,7 +4,10 @@
 //! The core ([`union::LayerFs`] and the modules it is split into) answers every operation
 //! with `io::Result`; [`fuse`] adapts it to fuser; [`daemon`] mounts and serves it.
 
+pub mod acl;
+pub mod atime;
 pub mod copyup;
+pub mod creds;
 pub mod daemon;
 pub mod dirmerge;
 pub mod fileops;

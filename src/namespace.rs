@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use crate::acl::{self, Acl};
 use crate::copyup::CopyData;
 use crate::inode::{Ino, Inode, Place};
 use crate::layers::LayerId;
@@ -35,7 +36,8 @@ pub enum NewObject<'a> {
 }
 
 /// The owner and mode a new object gets: the caller's uid; the parent's gid and (for
-/// directories) its setgid bit when the parent is setgid, as the kernel does.
+/// directories) its setgid bit when the parent is setgid, as the kernel does. (The kernel's
+/// VFS has already dropped a setgid bit the caller may not give a file there.)
 struct Ownership {
     uid: u32,
     gid: u32,
@@ -53,14 +55,51 @@ fn ownership(parent: &Stat, caller: Caller, mode: u32, dir: bool) -> Ownership {
     }
     if dir {
         mode |= libc::S_ISGID;
-    } else if caller.uid != 0 && caller.gid != parent.st_gid {
-        mode &= !libc::S_ISGID;
     }
     Ownership {
         uid: caller.uid,
         gid: parent.st_gid,
         mode,
     }
+}
+
+/// The ACLs a new object gets from its directory's default ACL.
+#[derive(Default)]
+struct InheritedAcls {
+    access: Option<Vec<u8>>,
+    default: Option<Vec<u8>>,
+}
+
+/// The permission bits and ACLs of a new object of type `fmt` created with `mode` by
+/// `caller` in the upper directory `dir`: shaped by the directory's default ACL when it has
+/// one (a directory also inherits the default ACL itself), else by the caller's umask.
+fn inherit(
+    dir: BorrowedFd<'_>,
+    fmt: u32,
+    mode: u32,
+    caller: Caller,
+) -> io::Result<(u32, InheritedAcls)> {
+    if fmt == libc::S_IFLNK {
+        return Ok((mode, InheritedAcls::default()));
+    }
+    let default = match sys::XattrTarget::fd(dir)?.get(OsStr::new(acl::DEFAULT)) {
+        Ok(v) => v,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENODATA) | Some(libc::EOPNOTSUPP)
+            ) =>
+        {
+            return Ok((mode & !(caller.umask & 0o777), InheritedAcls::default()));
+        }
+        Err(e) => return Err(e),
+    };
+    let (access, mode) = Acl::parse(&default)?.inherit(mode)?;
+    let acls = InheritedAcls {
+        access: access.map(|a| a.encode()),
+        default: (fmt == libc::S_IFDIR).then_some(default),
+    };
+    Ok((mode, acls))
 }
 
 /// Whether a directory merges upper and lower layers. A directory moved into one is
@@ -150,8 +189,11 @@ impl LayerFs {
         let caller = Caller {
             uid: self.cfg.owners.store_uid(caller.uid),
             gid: self.cfg.owners.store_gid(caller.gid),
+            ..caller
         };
-        let own = ownership(&pst, caller, mode, fmt == libc::S_IFDIR);
+        let mut own = ownership(&pst, caller, mode, fmt == libc::S_IFDIR);
+        let (mode, acls) = inherit(slot.dir.as_fd(), fmt, own.mode, caller)?;
+        own.mode = mode;
         let (wformat, ns) = (self.cfg.whiteout, self.cfg.xattr_ns);
         let keeps_overrides = self.upper_keeps_overrides();
         self.install(&slot, |work, tmp| {
@@ -188,6 +230,12 @@ impl LayerFs {
                 shown.st_rdev = rdev;
             }
             self.give_owner_mode(work, tmp, &shown, created)?;
+            let target = sys::XattrTarget::at(work, tmp)?;
+            for (name, value) in [(acl::ACCESS, &acls.access), (acl::DEFAULT, &acls.default)] {
+                if let Some(v) = value {
+                    target.set(OsStr::new(name), v, 0)?;
+                }
+            }
             if fmt == libc::S_IFDIR && slot.opaque {
                 whiteout::set_opaque(work, tmp, wformat, ns)?;
             }

@@ -52,10 +52,13 @@ pub struct MountSpec {
     pub debug: bool,
     /// `ro`: the mount itself is read-only.
     pub read_only: bool,
-    pub dev: bool,
-    pub suid: bool,
+    /// `dev`/`nodev` as given; `None` takes the default (see [`MountSpec::flags`]).
+    pub dev: Option<bool>,
+    /// `suid`/`nosuid` as given.
+    pub suid: Option<bool>,
     pub exec: bool,
-    pub noatime: bool,
+    /// `noatime`/`relatime`/`strictatime` as given.
+    pub atime: Option<Atime>,
     pub allow_other: bool,
     pub allow_root: bool,
     pub fsname: Option<String>,
@@ -82,7 +85,91 @@ pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// The default number of FUSE event-loop threads.
 pub const DEFAULT_THREADS: usize = 4;
 
+/// When reads update access times, as the kernel's mount flags say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Atime {
+    /// `noatime`: never.
+    Never,
+    /// `relatime`: when the access time is not newer than the last change, or a day old.
+    Relative,
+    /// `strictatime`: on every access.
+    Strict,
+}
+
+/// Who may use the mount besides the kernel's own checks of modes and owners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Only the user who mounted it (FUSE's default).
+    Owner,
+    /// `allow_root`: that user and root.
+    RootAndOwner,
+    /// `allow_other`: every user, as on kernel overlayfs.
+    All,
+}
+
+/// The generic mount flags with the defaults filled in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MountFlags {
+    pub read_only: bool,
+    pub dev: bool,
+    pub suid: bool,
+    pub exec: bool,
+    pub atime: Atime,
+    pub access: Access,
+}
+
 impl MountSpec {
+    /// The flags of this mount made by root (`privileged`, also root in a user namespace)
+    /// or by another user. Root gets what fuse-overlayfs gives itself and kernel overlayfs
+    /// allows: every user in (`allow_other`), setuid binaries and devices usable, and
+    /// `noatime`; anyone else the owner-only, `nosuid,nodev` mount fusermount3 makes.
+    /// Options given explicitly always win.
+    pub fn flags(&self, privileged: bool) -> MountFlags {
+        let access = if self.allow_other || privileged {
+            Access::All
+        } else if self.allow_root {
+            Access::RootAndOwner
+        } else {
+            Access::Owner
+        };
+        MountFlags {
+            read_only: self.read_only,
+            dev: self.dev.unwrap_or(privileged),
+            suid: self.suid.unwrap_or(privileged),
+            exec: self.exec,
+            atime: self.atime.unwrap_or(Atime::Never),
+            access,
+        }
+    }
+
+    /// What a user other than root may not ask for: `suid`/`dev` (fusermount3 would
+    /// drop them) and `allow_other`/`allow_root` unless `fuse_conf` (the text of
+    /// /etc/fuse.conf, if any) has `user_allow_other`.
+    pub fn check_unprivileged(&self, fuse_conf: Option<&str>) -> Result<(), UsageError> {
+        for (asked, name) in [(self.suid, "suid"), (self.dev, "dev")] {
+            if asked == Some(true) {
+                return usage(format!(
+                    "option '{name}' needs root (fusermount3 mounts nosuid,nodev for other users)"
+                ));
+            }
+        }
+        let permitted = fuse_conf.is_some_and(|c| {
+            c.lines()
+                .any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other")
+        });
+        if (self.allow_other || self.allow_root) && !permitted {
+            let name = if self.allow_other {
+                "allow_other"
+            } else {
+                "allow_root"
+            };
+            return usage(format!(
+                "option '{name}' needs root or 'user_allow_other' in /etc/fuse.conf"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn new(mountpoint: PathBuf) -> Self {
         MountSpec {
             lowers: Vec::new(),
@@ -92,10 +179,10 @@ impl MountSpec {
             foreground: false,
             debug: false,
             read_only: false,
-            dev: false,
-            suid: false,
+            dev: None,
+            suid: None,
             exec: true,
-            noatime: false,
+            atime: None,
             allow_other: false,
             allow_root: false,
             fsname: None,
@@ -153,21 +240,13 @@ impl MountSpec {
                 flag(&value)?;
                 self.read_only = false;
             }
-            "dev" => {
+            "dev" | "nodev" => {
                 flag(&value)?;
-                self.dev = true;
+                self.dev = Some(key == "dev");
             }
-            "nodev" => {
+            "suid" | "nosuid" => {
                 flag(&value)?;
-                self.dev = false;
-            }
-            "suid" => {
-                flag(&value)?;
-                self.suid = true;
-            }
-            "nosuid" => {
-                flag(&value)?;
-                self.suid = false;
+                self.suid = Some(key == "suid");
             }
             "exec" => {
                 flag(&value)?;
@@ -177,13 +256,18 @@ impl MountSpec {
                 flag(&value)?;
                 self.exec = false;
             }
-            "atime" | "relatime" | "strictatime" => {
+            // As mount(8): `atime` lifts `noatime`, leaving the kernel's default, relatime.
+            "atime" | "relatime" => {
                 flag(&value)?;
-                self.noatime = false;
+                self.atime = Some(Atime::Relative);
+            }
+            "strictatime" => {
+                flag(&value)?;
+                self.atime = Some(Atime::Strict);
             }
             "noatime" => {
                 flag(&value)?;
-                self.noatime = true;
+                self.atime = Some(Atime::Never);
             }
             "allow_other" => {
                 flag(&value)?;
@@ -422,9 +506,84 @@ mod tests {
     fn generic_options() {
         let s =
             spec("lowerdir=/a,ro,dev,suid,noexec,noatime,allow_other,fsname=x,subtype=y").unwrap();
-        assert!(s.read_only && s.dev && s.suid && !s.exec && s.noatime && s.allow_other);
+        assert!(s.read_only && !s.exec && s.allow_other);
+        assert_eq!((s.dev, s.suid), (Some(true), Some(true)));
+        assert_eq!(s.atime, Some(Atime::Never));
         assert_eq!(s.fsname.as_deref(), Some("x"));
         assert!(spec("lowerdir=/a,default_permissions,nodev,nosuid,rw,exec,atime").is_ok());
+    }
+
+    #[test]
+    fn defaults_for_root_and_other_users() {
+        let s = spec("lowerdir=/a").unwrap();
+        let root = s.flags(true);
+        assert_eq!(
+            root,
+            MountFlags {
+                read_only: false,
+                dev: true,
+                suid: true,
+                exec: true,
+                atime: Atime::Never,
+                access: Access::All,
+            }
+        );
+        let user = s.flags(false);
+        assert_eq!((user.dev, user.suid), (false, false));
+        assert_eq!((user.atime, user.access), (Atime::Never, Access::Owner));
+        assert!(s.check_unprivileged(None).is_ok());
+        // Explicit options win over the defaults.
+        let s = spec("lowerdir=/a,nosuid,nodev,noexec,strictatime").unwrap();
+        let root = s.flags(true);
+        assert!(!root.dev && !root.suid && !root.exec);
+        assert_eq!(root.atime, Atime::Strict);
+        assert_eq!(
+            spec("lowerdir=/a,noatime,atime").unwrap().flags(true).atime,
+            Atime::Relative
+        );
+        assert_eq!(
+            spec("lowerdir=/a,allow_root").unwrap().flags(false).access,
+            Access::RootAndOwner
+        );
+        assert_eq!(
+            spec("lowerdir=/a,allow_other").unwrap().flags(false).access,
+            Access::All
+        );
+    }
+
+    #[test]
+    fn what_other_users_may_ask_for() {
+        let other = spec("lowerdir=/a,allow_other").unwrap();
+        let e = other.check_unprivileged(None).unwrap_err();
+        assert!(e.0.contains("user_allow_other"), "{e}");
+        assert!(
+            other
+                .check_unprivileged(Some("# user_allow_other\n"))
+                .is_err()
+        );
+        assert!(
+            other
+                .check_unprivileged(Some("mount_max = 9\nuser_allow_other\n"))
+                .is_ok()
+        );
+        assert!(
+            spec("lowerdir=/a,suid")
+                .unwrap()
+                .check_unprivileged(Some("user_allow_other"))
+                .is_err()
+        );
+        assert!(
+            spec("lowerdir=/a,dev")
+                .unwrap()
+                .check_unprivileged(None)
+                .is_err()
+        );
+        assert!(
+            spec("lowerdir=/a,nosuid,nodev")
+                .unwrap()
+                .check_unprivileged(None)
+                .is_ok()
+        );
     }
 
     #[test]

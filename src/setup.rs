@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::layers::Layers;
-use crate::options::{MountSpec, UsageError};
+use crate::options::{MountFlags, MountSpec, UsageError};
 use crate::statoverride::{OverrideXattr, StatOverride};
 use crate::sys;
 use crate::union::FsConfig;
@@ -18,6 +18,9 @@ use crate::workdir::WorkDir;
 
 /// Environment variable (fuse-overlayfs's) asking for AUFS-style whiteouts in the upper.
 pub const DISABLE_OVL_WHITEOUT_ENV: &str = "FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT";
+
+/// fusermount3's configuration: whether other users may ask for `allow_other`.
+const FUSE_CONF: &str = "/etc/fuse.conf";
 
 fn fail<T>(msg: impl Into<String>) -> Result<T, UsageError> {
     Err(UsageError(msg.into()))
@@ -79,11 +82,18 @@ pub struct Prepared {
     pub work: Option<WorkDir>,
     pub config: FsConfig,
     pub mountpoint: PathBuf,
+    /// The generic mount flags, defaults filled in for who is mounting.
+    pub flags: MountFlags,
 }
 
 /// Validates `spec` and opens everything; on error nothing has been created.
 pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
     spec.check()?;
+    let privileged = sys::geteuid() == 0;
+    if !privileged {
+        spec.check_unprivileged(std::fs::read_to_string(FUSE_CONF).ok().as_deref())?;
+    }
+    let flags = spec.flags(privileged);
     let mut lowers = Vec::new();
     for l in &spec.lowers {
         let c = existing_dir("lower layer", l)?;
@@ -197,8 +207,10 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
             fsync: spec.fsync,
             owners: spec.owners.clone(),
             xattrs: spec.xattrs,
+            atime: flags.atime,
         },
         mountpoint,
+        flags,
     })
 }
 

@@ -14,10 +14,12 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::creds::{CAP_FSETID, ProcessCreds};
 use crate::handles::{HandleTable, OpenDir, OpenFile};
 use crate::idmap::Owners;
 use crate::inode::{Ino, Inode, InodeTable, Place, ROOT};
 use crate::layers::{LayerId, Layers};
+use crate::options::Atime;
 use crate::sys::{self, Stat, XattrTarget};
 use crate::whiteout::{self, WhiteoutFormat, XattrNs};
 use crate::workdir::WorkDir;
@@ -35,6 +37,9 @@ pub struct FsConfig {
     pub owners: Owners,
     /// Whether extended attributes are served (off for `noxattrs=1`).
     pub xattrs: bool,
+    /// When reads update the access time of upper objects (`noatime`, `relatime`,
+    /// `strictatime`; the kernel leaves atime of a FUSE mount to the daemon).
+    pub atime: Atime,
 }
 
 impl Default for FsConfig {
@@ -45,6 +50,7 @@ impl Default for FsConfig {
             fsync: true,
             owners: Owners::default(),
             xattrs: true,
+            atime: Atime::Never,
         }
     }
 }
@@ -53,7 +59,27 @@ impl Default for FsConfig {
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
     pub uid: u32,
+    /// The filesystem gid.
     pub gid: u32,
+    /// The calling thread, for what the request does not carry (see [`crate::creds`]).
+    pub pid: u32,
+    /// The caller's umask, applied by the daemon where no default ACL applies (the kernel
+    /// leaves it to the daemon under FUSE_DONT_MASK).
+    pub umask: u32,
+}
+
+impl Caller {
+    /// Whether the caller is in group `gid` or has `CAP_FSETID` (the kernel's
+    /// `in_group_or_capable` for setgid bits). A caller gone from /proc counts as root only.
+    pub fn in_group_or_fsetid(&self, gid: u32) -> bool {
+        if self.gid == gid {
+            return true;
+        }
+        match ProcessCreds::of(self.pid) {
+            Some(c) => c.in_group(gid) || c.has_cap(CAP_FSETID),
+            None => self.uid == 0,
+        }
+    }
 }
 
 /// The attributes the mount shows for an inode: the real object's stat with the union's

@@ -18,6 +18,11 @@ const TRUSTED_PREFIX: &[u8] = b"trusted.overlay.";
 const USER_PREFIX: &[u8] = b"user.overlay.";
 /// layerfs's own xattrs, kept with the overlay ones so kernel overlayfs hides them too.
 const OWN_PREFIX: &[u8] = b"trusted.layerfs.";
+/// fuse-overlayfs's own xattrs (`origin`, `opaque`, `override_stat`, ...), found in layers
+/// it wrote: layer metadata too.
+const FUSE_OVERLAYFS_PREFIXES: [&[u8]; 2] = [b"user.fuseoverlayfs.", b"security.fuseoverlayfs."];
+/// The opaque marker fuse-overlayfs writes as an unprivileged user, read like overlay's.
+const FUSE_OVERLAYFS_OPAQUE: &str = "user.fuseoverlayfs.opaque";
 
 /// How whiteouts and opaque markers are written into the upper layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,8 +99,13 @@ fn exists(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
 /// Is the directory `name` inside `parent` opaque, in either format?
 pub fn is_opaque(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
     let target = sys::XattrTarget::at(parent, name)?;
-    for ns in [XattrNs::Trusted, XattrNs::User] {
-        match target.get(ns.opaque()) {
+    let names = [
+        XattrNs::Trusted.opaque(),
+        XattrNs::User.opaque(),
+        OsStr::new(FUSE_OVERLAYFS_OPAQUE),
+    ];
+    for xattr in names {
+        match target.get(xattr) {
             Ok(v) if v == b"y" => return Ok(true),
             Ok(_) => {}
             Err(e) if ignorable_xattr_error(&e) => {}
@@ -167,7 +177,10 @@ pub fn set_opaque(
 /// Is this xattr name overlay or layerfs metadata, hidden from and refused to users?
 pub fn is_internal_xattr(name: &OsStr) -> bool {
     let b = name.as_bytes();
-    b.starts_with(TRUSTED_PREFIX) || b.starts_with(USER_PREFIX) || b.starts_with(OWN_PREFIX)
+    [TRUSTED_PREFIX, USER_PREFIX, OWN_PREFIX]
+        .iter()
+        .chain(&FUSE_OVERLAYFS_PREFIXES)
+        .any(|p| b.starts_with(p))
 }
 
 /// The kind of an entry as directory merging needs it.
@@ -231,6 +244,11 @@ mod tests {
         assert!(is_internal_xattr(OsStr::new("trusted.overlay.opaque")));
         assert!(is_internal_xattr(OsStr::new("user.overlay.origin")));
         assert!(is_internal_xattr(OsStr::new("trusted.layerfs.x")));
+        assert!(is_internal_xattr(OsStr::new("user.fuseoverlayfs.origin")));
+        assert!(is_internal_xattr(OsStr::new(
+            "security.fuseoverlayfs.override_stat"
+        )));
+        assert!(!is_internal_xattr(OsStr::new("user.fuseoverlayfsx")));
         assert!(!is_internal_xattr(OsStr::new("user.mime")));
         assert!(!is_internal_xattr(OsStr::new("trusted.overlayx")));
     }
@@ -257,5 +275,8 @@ mod tests {
         set_opaque(fd, OsStr::new("e"), WhiteoutFormat::Aufs, XattrNs::Trusted).unwrap();
         assert!(is_opaque(fd, OsStr::new("d")).unwrap());
         assert!(is_opaque(fd, OsStr::new("e")).unwrap());
+        std::fs::create_dir(t.path().join("f")).unwrap();
+        xattr::set(t.path().join("f"), FUSE_OVERLAYFS_OPAQUE, b"y").unwrap();
+        assert!(is_opaque(fd, OsStr::new("f")).unwrap());
     }
 }

@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::acl;
 use crate::sys;
 
 /// Name of the temporary area inside the work directory.
@@ -40,6 +41,22 @@ impl WorkDir {
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
         )?;
+        // Objects are built here and then moved: they must not inherit a default ACL the
+        // work directory got from its parent (kernel overlayfs removes them too).
+        let target = sys::XattrTarget::fd(fd.as_fd())?;
+        for name in [acl::DEFAULT, acl::ACCESS] {
+            match target.remove(OsStr::new(name)) {
+                Err(e)
+                    if !matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENODATA) | Some(libc::EOPNOTSUPP)
+                    ) =>
+                {
+                    return Err(e);
+                }
+                _ => {}
+            }
+        }
         let work = WorkDir {
             fd,
             counter: AtomicU64::new(0),

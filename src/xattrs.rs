@@ -4,7 +4,11 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use crate::acl;
+use crate::fileops::SetAttr;
+use crate::union::Caller;
 
 use crate::copyup::CopyData;
 use crate::inode::{Ino, Inode};
@@ -38,7 +42,12 @@ impl LayerFs {
         self.xattr_allowed(Some(name))?;
         let node = self.node(ino)?;
         let (dir, n) = self.shown_target(&node)?;
-        XattrTarget::at(dir.as_fd(), &n)?.get(name)
+        let value = XattrTarget::at(dir.as_fd(), &n)?.get(name)?;
+        Ok(if acl::is_acl_xattr(name) {
+            acl::shown(&self.cfg.owners, value)
+        } else {
+            value
+        })
     }
 
     pub fn listxattr(&self, ino: Ino) -> io::Result<Vec<OsString>> {
@@ -50,13 +59,51 @@ impl LayerFs {
         Ok(names)
     }
 
-    pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    pub fn setxattr(
+        &self,
+        ino: Ino,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: Caller,
+    ) -> io::Result<()> {
         self.xattr_allowed(Some(name))?;
         self.layers.writable()?;
         let node = self.node(ino)?;
         self.copy_up(&node, CopyData::Full)?;
         let (dir, n) = self.object_fd(0, &node)?;
-        XattrTarget::at(dir.as_fd(), &n)?.set(name, value, flags)
+        if !acl::is_acl_xattr(name) {
+            return XattrTarget::at(dir.as_fd(), &n)?.set(name, value, flags);
+        }
+        let value = acl::stored(&self.cfg.owners, value)?;
+        XattrTarget::at(dir.as_fd(), &n)?.set(name, &value, flags)?;
+        if name == OsStr::new(acl::ACCESS) {
+            self.acl_kills_setgid(&node, dir.as_fd(), &n, caller)?;
+        }
+        Ok(())
+    }
+
+    /// After an access ACL is set (which also sets the mode's group bits): the setgid bit
+    /// goes unless the caller is in the file's group or has `CAP_FSETID`, as the kernel's
+    /// `posix_acl_update_mode` decides. The upper filesystem decided for the daemon, who
+    /// may keep it, so this decides for the caller.
+    fn acl_kills_setgid(
+        &self,
+        node: &Inode,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        caller: Caller,
+    ) -> io::Result<()> {
+        let st = self.stat_at(0, dir, name)?;
+        let (_, shown_gid) = self.cfg.owners.show(st.st_uid, st.st_gid);
+        if st.st_mode & libc::S_ISGID == 0 || caller.in_group_or_fsetid(shown_gid) {
+            return Ok(());
+        }
+        let change = SetAttr {
+            mode: Some(st.st_mode & 0o7777 & !libc::S_ISGID),
+            ..SetAttr::default()
+        };
+        self.setattr(node.ino, change).map(drop)
     }
 
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> io::Result<()> {

@@ -198,18 +198,24 @@ fn read_only_union() {
     assert_eq!(errno(fs::rename(m.p("a"), m.p("z"))), libc::EROFS);
 }
 
-fn mount_options(m: &Mounted<'_>) -> String {
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
-    let line = mounts
+/// The mount's per-mount flags and its superblock options, from /proc/self/mountinfo.
+fn mount_options(m: &Mounted<'_>) -> (Vec<String>, Vec<String>) {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
         .lines()
-        .find(|l| l.split(' ').nth(1) == m.path.to_str())
+        .find(|l| l.split(' ').nth(4) == m.path.to_str())
         .unwrap()
         .to_string();
-    line.split(' ').nth(3).unwrap().to_string()
+    let (head, tail) = line.split_once(" - ").unwrap();
+    let split = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
+    (
+        split(head.split(' ').nth(5).unwrap()),
+        split(tail.split(' ').nth(2).unwrap()),
+    )
 }
 
 #[test]
-fn devices_need_dev_and_setuid_needs_suid() {
+fn root_mounts_let_every_user_in_with_devices_and_setuid() {
     require_fuse!();
     let f = Fixture::new(1);
     assert!(
@@ -220,16 +226,28 @@ fn devices_need_dev_and_setuid_needs_suid() {
             .unwrap()
             .success()
     );
+    // Root's defaults: as fuse-overlayfs gives itself.
     let m = f.mount();
-    let opts = mount_options(&m);
-    assert!(opts.contains("nodev") && opts.contains("nosuid"), "{opts}");
-    assert_eq!(errno(fs::write(m.p("null"), "x")), libc::EACCES);
-    drop(m);
-    let m = f.mount_with(&["-o", "dev,suid"]);
-    let opts = mount_options(&m);
-    assert!(
-        !opts.contains("nodev") && !opts.contains("nosuid"),
-        "{opts}"
-    );
+    let (flags, sb) = mount_options(&m);
+    for absent in ["nodev", "nosuid", "noexec"] {
+        assert!(!flags.iter().any(|o| o == absent), "{flags:?}");
+    }
+    assert!(flags.iter().any(|o| o == "noatime"), "{flags:?}");
+    for present in ["allow_other", "default_permissions"] {
+        assert!(sb.iter().any(|o| o == present), "{sb:?}");
+    }
     fs::write(m.p("null"), "x").unwrap();
+    drop(m);
+    // Given explicitly, the restrictions win.
+    let m = f.mount_with(&["-o", "nodev,nosuid,strictatime"]);
+    let (flags, sb) = mount_options(&m);
+    for present in ["nodev", "nosuid"] {
+        assert!(flags.iter().any(|o| o == present), "{flags:?}");
+    }
+    assert!(
+        !flags.iter().any(|o| o == "noatime" || o == "relatime"),
+        "{flags:?}"
+    );
+    assert!(sb.iter().any(|o| o == "allow_other"), "{sb:?}");
+    assert_eq!(errno(fs::write(m.p("null"), "x")), libc::EACCES);
 }

@@ -78,6 +78,24 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     owned(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) })
 }
 
+/// [`reopen`] with `O_NOATIME`, so reading through the fd leaves the object's access time
+/// alone; without it where the kernel refuses it (an object this process does not own and
+/// may not act for).
+pub fn reopen_noatime(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+    match reopen(fd, flags | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => reopen(fd, flags),
+        r => r,
+    }
+}
+
+/// [`openat`] with `O_NOATIME` where the kernel allows it, as [`reopen_noatime`].
+pub fn openat_noatime(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<OwnedFd> {
+    match openat(dir, name, flags | libc::O_NOATIME, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => openat(dir, name, flags, 0),
+        r => r,
+    }
+}
+
 /// fstatat(2) with `AT_SYMLINK_NOFOLLOW`; an empty name stats `dir` itself.
 pub fn fstatat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
     let c = cstr(name)?;
@@ -328,7 +346,7 @@ pub struct RawDirent {
 
 /// Reads every entry of the directory `dir` (an fd opened for reading), `.` and `..` excluded.
 pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirent>> {
-    let dup = reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let dup = reopen_noatime(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
     let raw = dup.as_raw_fd();
     // SAFETY: `raw` is a directory fd we own; fdopendir takes it over (closed by closedir).
     let dp = unsafe { libc::fdopendir(raw) };
