@@ -43,7 +43,7 @@ fn invalid() -> io::Error {
 impl Acl {
     /// Parses the xattr form; EINVAL for anything else.
     pub fn parse(v: &[u8]) -> io::Result<Self> {
-        if v.len() < HEADER || (v.len() - HEADER) % ENTRY != 0 {
+        if v.len() < HEADER || !(v.len() - HEADER).is_multiple_of(ENTRY) {
             return Err(invalid());
         }
         if u32::from_le_bytes(v[..HEADER].try_into().map_err(|_| invalid())?) != VERSION {
