@@ -5,17 +5,52 @@
 /// `CAP_FSETID`: keeps setgid bits another user's change would clear.
 pub const CAP_FSETID: u32 = 4;
 
-/// What `/proc/PID/status` says of a process's credentials.
+/// What `/proc/PID/status` says of a process's credentials, and where its capabilities
+/// count: in the daemon's user namespace, or (for a process in another one) over the ids
+/// that namespace maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessCreds {
     groups: Vec<u32>,
     effective_caps: u64,
+    /// `None` in the daemon's user namespace; else the uid and gid ranges it maps.
+    foreign: Option<(IdRanges, IdRanges)>,
+}
+
+/// The ranges a user namespace maps, as (first id outside, count).
+type IdRanges = Vec<(u32, u32)>;
+
+/// The ranges of an `uid_map`/`gid_map` file as (first id outside, count).
+fn parse_map(text: &str) -> IdRanges {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<u32> = l
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (f.len() == 3).then(|| (f[1], f[2]))
+        })
+        .collect()
+}
+
+fn mapped(ranges: &[(u32, u32)], id: u32) -> bool {
+    ranges
+        .iter()
+        .any(|&(first, n)| id >= first && u64::from(id) < u64::from(first) + u64::from(n))
 }
 
 impl ProcessCreds {
     /// The credentials of thread or process `pid`, if it still exists.
     pub fn of(pid: u32) -> Option<Self> {
-        Self::parse(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+        let dir = format!("/proc/{pid}");
+        let mut creds = Self::parse(&std::fs::read_to_string(format!("{dir}/status")).ok()?)?;
+        let ns = |d: &str| std::fs::read_link(format!("{d}/ns/user")).ok();
+        if ns(&dir) != ns("/proc/self") {
+            let map = |f: &str| {
+                parse_map(&std::fs::read_to_string(format!("{dir}/{f}")).unwrap_or_default())
+            };
+            creds.foreign = Some((map("uid_map"), map("gid_map")));
+        }
+        Some(creds)
     }
 
     fn parse(status: &str) -> Option<Self> {
@@ -33,6 +68,7 @@ impl ProcessCreds {
         Some(ProcessCreds {
             groups,
             effective_caps,
+            foreign: None,
         })
     }
 
@@ -40,8 +76,20 @@ impl ProcessCreds {
         self.groups.contains(&gid)
     }
 
+    /// Whether the process has `cap` in the daemon's user namespace (the kernel's
+    /// `capable`).
     pub fn has_cap(&self, cap: u32) -> bool {
+        self.effective_caps & (1 << cap) != 0 && self.foreign.is_none()
+    }
+
+    /// Whether the process has `cap` over an object owned by `uid`:`gid` (the kernel's
+    /// `capable_wrt_inode_uidgid`: in another user namespace, both ids must be mapped).
+    pub fn has_cap_over(&self, cap: u32, uid: u32, gid: u32) -> bool {
         self.effective_caps & (1 << cap) != 0
+            && match &self.foreign {
+                None => true,
+                Some((uids, gids)) => mapped(uids, uid) && mapped(gids, gid),
+            }
     }
 }
 
@@ -58,6 +106,15 @@ mod tests {
         let none = ProcessCreds::parse("Groups:\t\nCapEff:\t0000000000000000\n").unwrap();
         assert!(!none.in_group(0) && !none.has_cap(CAP_FSETID));
         assert!(ProcessCreds::parse("Name:\tx\n").is_none());
-        assert!(ProcessCreds::of(std::process::id()).is_some());
+        let me = ProcessCreds::of(std::process::id()).unwrap();
+        assert_eq!(me.foreign, None);
+        let mut other = c.clone();
+        other.foreign = Some((
+            parse_map("         0       1000          1\n"),
+            vec![(1000, 1)],
+        ));
+        assert!(!other.has_cap(CAP_FSETID));
+        assert!(other.has_cap_over(CAP_FSETID, 1000, 1000));
+        assert!(!other.has_cap_over(CAP_FSETID, 1000, 0));
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
-use crate::fuse::FuseFs;
+use crate::fuse::{FuseFs, Notifications};
 use crate::options::{Access, Atime, MountFlags, MountSpec, UsageError};
 use crate::setup::{self, Prepared, plain};
 use crate::sys;
@@ -196,6 +196,7 @@ fn serve(
     if let Err(e) = sys::block_stop_signals() {
         log::warn!("cannot block signals: {e}");
     }
+    let kernel = fs.kernel_slot();
     let started = match mounter {
         Mounter::Fd(dev_fuse) => Session::from_fd(FuseFs(fs, spec.timeout), dev_fuse, acl, config),
         Mounter::Fusermount => {
@@ -213,6 +214,7 @@ fn serve(
             return fail(msg);
         }
     };
+    let _ = kernel.set(Box::new(Notifications(session.notifier())));
     spawn_signal_thread(mountpoint.clone(), sync_on_signal);
     let detached = ready.is_some();
     tell(ready, "ok");

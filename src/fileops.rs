@@ -14,7 +14,9 @@ use crate::dirmerge::MergedEntry;
 use crate::handles::{OpenDir, OpenFile};
 use crate::inode::{Ino, Inode};
 use crate::options::Atime;
-use crate::sys::{self, SetTime};
+use crate::privs;
+use crate::sys::{self, SetTime, XattrTarget};
+use crate::union::Caller;
 use crate::union::{Attr, LayerFs, errno};
 
 /// The attribute changes of one setattr request.
@@ -27,6 +29,9 @@ pub struct SetAttr {
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
     pub fh: Option<u64>,
+    /// Who asks, for the setuid/setgid bits a truncate or chown clears ([`privs`]);
+    /// `None` for the daemon's own changes.
+    pub by: Option<Caller>,
 }
 
 impl SetAttr {
@@ -70,8 +75,9 @@ impl LayerFs {
         Ok((File::from(file), place.upper))
     }
 
-    /// open(2): copies up first when the file is opened for writing or truncation.
-    pub fn open(&self, ino: Ino, flags: i32) -> io::Result<u64> {
+    /// open(2): copies up first when the file is opened for writing or truncation; an
+    /// `O_TRUNC` by `by` clears setuid/setgid as a truncate does.
+    pub fn open(&self, ino: Ino, flags: i32, by: Option<Caller>) -> io::Result<u64> {
         let node = self.node(ino)?;
         if node.is_dir() {
             return Err(errno(libc::EISDIR));
@@ -86,6 +92,11 @@ impl LayerFs {
             self.copy_up(&node, data)?;
         }
         let (file, on_upper) = self.open_real(&node, flags)?;
+        if let Some(by) = by
+            && flags & libc::O_TRUNC != 0
+        {
+            self.clear_privs_for_data(&node, file.as_fd(), &by, false)?;
+        }
         Ok(self
             .files
             .insert(OpenFile::new(node, file, on_upper, flags)))
@@ -120,8 +131,19 @@ impl LayerFs {
         Ok(buf)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<u32> {
+    /// pwrite through handle `fh`. `kill_privs` names the writer when the kernel says it
+    /// lacks `CAP_FSETID` (FUSE_WRITE_KILL_SUIDGID): setuid/setgid are cleared first.
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_privs: Option<Caller>,
+    ) -> io::Result<u32> {
         let h = self.open_file(fh)?;
+        if let Some(by) = kill_privs {
+            self.clear_privs_for_data(&h.node, h.file().as_fd(), &by, true)?;
+        }
         h.file().write_all_at(data, offset)?;
         Ok(data.len() as u32)
     }
@@ -143,8 +165,16 @@ impl LayerFs {
         }
     }
 
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+    pub fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        by: Caller,
+    ) -> io::Result<()> {
         let h = self.open_file(fh)?;
+        self.clear_privs_for_data(&h.node, h.file().as_fd(), &by, false)?;
         let f = h.file();
         sys::fallocate(f.as_fd(), mode, offset, len)
     }
@@ -169,7 +199,11 @@ impl LayerFs {
         let owners = &self.cfg.owners;
         let uid = change.uid.map(|u| owners.store_uid(u));
         let gid = change.gid.map(|g| owners.store_gid(g));
-        let mode = change.mode.map(|m| m & 0o7777);
+        let mode = match (change.mode, change.by) {
+            (Some(m), _) => Some(m & 0o7777),
+            (None, Some(by)) => self.cleared_by_setattr(dir, &name, &change, &by)?,
+            (None, None) => None,
+        };
         if (uid.is_some() || gid.is_some() || mode.is_some()) && self.upper_keeps_overrides() {
             let mut shown = self.stat_at(0, dir, &name)?;
             shown.st_uid = uid.unwrap_or(shown.st_uid);
@@ -196,6 +230,50 @@ impl LayerFs {
             sys::fchmod(fd.as_fd(), mode)?;
         }
         self.finish_setattr(&node, dir, &name, change)
+    }
+
+    /// The mode a truncate or chown by `by` leaves (setuid/setgid cleared), if it changes.
+    fn cleared_by_setattr(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        change: &SetAttr,
+        by: &Caller,
+    ) -> io::Result<Option<u32>> {
+        let what = if change.uid.is_some() || change.gid.is_some() {
+            privs::Change::Chown
+        } else if change.size.is_some() {
+            privs::Change::Data
+        } else {
+            return Ok(None);
+        };
+        let st = self.stat_at(0, dir, name)?;
+        let owner = self.cfg.owners.show(st.st_uid, st.st_gid);
+        Ok(privs::after(what, st.st_mode, owner, by, false))
+    }
+
+    /// Clears the setuid/setgid bits a data change by `by` clears in `node` (copied up,
+    /// its object at `fd`); `checked` when the kernel said `by` lacks `CAP_FSETID`.
+    fn clear_privs_for_data(
+        &self,
+        node: &Inode,
+        fd: BorrowedFd<'_>,
+        by: &Caller,
+        checked: bool,
+    ) -> io::Result<()> {
+        let mut st = sys::fstat(fd)?;
+        self.apply_override(0, || XattrTarget::fd(fd), &mut st)?;
+        let owner = self.cfg.owners.show(st.st_uid, st.st_gid);
+        if let Some(mode) = privs::after(privs::Change::Data, st.st_mode, owner, by, checked) {
+            let change = SetAttr {
+                mode: Some(mode),
+                ..SetAttr::default()
+            };
+            self.setattr(node.ino, change)?;
+            // The kernel asked for a write or truncate, not this mode change.
+            self.attributes_changed(node.ino);
+        }
+        Ok(())
     }
 
     /// The size and time changes of a setattr, after owner and mode.

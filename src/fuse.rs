@@ -8,20 +8,32 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::debug;
 
 use crate::fileops::SetAttr;
 use crate::namespace::NewObject;
 use crate::sys::{SetTime, Stat};
-use crate::union::{Attr, Caller, LayerFs};
+use crate::union::{Attr, Caller, KernelCache, LayerFs};
 
 /// A `LayerFs` served over FUSE, with how long the kernel may cache entries and
 /// attributes (every change goes through the daemon, so the cache stays coherent).
 pub struct FuseFs(pub LayerFs, pub Duration);
+
+/// The kernel's caches as the core sees them: FUSE notifications.
+pub struct Notifications(pub Notifier);
+
+impl KernelCache for Notifications {
+    fn attributes_changed(&self, ino: u64) {
+        // A negative offset invalidates the attributes only, not the cached data.
+        if let Err(e) = self.0.inval_inode(INodeNo(ino), -1, 0) {
+            debug!("invalidating the attributes of {ino}: {e}");
+        }
+    }
+}
 
 /// Errnos that mean something is wrong below the mount (a failing or full layer, a
 /// resource limit) rather than an ordinary answer; each is logged as a warning.
@@ -181,6 +193,11 @@ fn wanted_capabilities(fs: &LayerFs) -> Vec<(InitFlags, &'static str)> {
             "the kernel enforces POSIX ACLs (system.posix_acl_*) as on kernel overlayfs",
         ));
     }
+    want.push((
+        InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+        "the daemon clears setuid/setgid on write, truncate and chown (crate::privs), so \
+         the kernel stops asking for security.capability before every write",
+    ));
     want
 }
 
@@ -223,7 +240,7 @@ impl Filesystem for FuseFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -251,6 +268,7 @@ impl Filesystem for FuseFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
             fh: fh.map(|f| f.0),
+            by: Some(caller(req, 0)),
         };
         match guard(|| self.0.setattr(ino.0, change)) {
             Ok(a) => reply.attr(&self.1, &file_attr(&a)),
@@ -373,9 +391,9 @@ impl Filesystem for FuseFs {
         );
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!("open {} {:#o}", ino.0, flags.0);
-        match guard(|| self.0.open(ino.0, flags.0)) {
+        match guard(|| self.0.open(ino.0, flags.0, Some(caller(req, 0)))) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("open", e)),
         }
@@ -401,12 +419,12 @@ impl Filesystem for FuseFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -417,7 +435,10 @@ impl Filesystem for FuseFs {
             fh.0,
             data.len()
         );
-        match guard(|| self.0.write(fh.0, offset, data)) {
+        let kill = write_flags
+            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            .then(|| caller(req, 0));
+        match guard(|| self.0.write(fh.0, offset, data, kill)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", e)),
         }
@@ -599,7 +620,12 @@ impl Filesystem for FuseFs {
             self.0
                 .create_object(parent.0, name, obj, caller(req, umask))
         })
-        .and_then(|a| Ok((a, guard(|| self.0.open(a.ino, flags & !libc::O_TRUNC))?)));
+        .and_then(|a| {
+            Ok((
+                a,
+                guard(|| self.0.open(a.ino, flags & !libc::O_TRUNC, None))?,
+            ))
+        });
         match r {
             Ok((a, fh)) => reply.created(
                 &self.1,
@@ -614,7 +640,7 @@ impl Filesystem for FuseFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -624,7 +650,7 @@ impl Filesystem for FuseFs {
     ) {
         reply_empty(
             "fallocate",
-            guard(|| self.0.fallocate(fh.0, offset, length, mode)),
+            guard(|| self.0.fallocate(fh.0, offset, length, mode, caller(req, 0))),
             reply,
         );
     }

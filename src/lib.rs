@@ -18,6 +18,7 @@ pub mod inode;
 pub mod layers;
 pub mod namespace;
 pub mod options;
+pub mod privs;
 pub mod setup;
 pub mod statoverride;
 pub mod sys;

@@ -274,6 +274,17 @@ impl LayerFs {
         })
     }
 
+    /// A new whiteout for `name` in the upper directory `dir` (built in the workdir).
+    fn new_whiteout(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        format: WhiteoutFormat,
+    ) -> io::Result<()> {
+        let work = self.work()?;
+        whiteout::make_whiteout_via(work.fd(), &work.temp_name(), dir, name, format)
+    }
+
     /// Replaces the upper object `dir/name` with a whiteout, atomically in overlay format.
     fn whiteout_over(&self, dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> io::Result<()> {
         let work = self.work()?;
@@ -287,7 +298,7 @@ impl LayerFs {
                 r
             }
             WhiteoutFormat::Aufs => {
-                whiteout::make_whiteout(dir, name, WhiteoutFormat::Aufs)?;
+                self.new_whiteout(dir, name, WhiteoutFormat::Aufs)?;
                 self.remove_upper(dir, name, is_dir)
             }
         }
@@ -343,7 +354,7 @@ impl LayerFs {
         } else {
             self.copy_up(&parent, CopyData::Full)?;
             let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
-            whiteout::make_whiteout(dir.as_fd(), name, self.cfg.whiteout)?;
+            self.new_whiteout(dir.as_fd(), name, self.cfg.whiteout)?;
         }
         if let Some(node) = &node {
             drop_name(node, parent.ino, name, (&st, &place), &mut held);
@@ -516,7 +527,7 @@ impl LayerFs {
         }
         let aufs_whiteout = src_below && self.cfg.whiteout == WhiteoutFormat::Aufs;
         if aufs_whiteout {
-            whiteout::make_whiteout(sdir.as_fd(), name, WhiteoutFormat::Aufs)?;
+            self.new_whiteout(sdir.as_fd(), name, WhiteoutFormat::Aufs)?;
         }
         let over = match &dst {
             None => match self.resolve(&newparent, newname)? {

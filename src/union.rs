@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 
@@ -69,14 +69,30 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Whether the caller is in group `gid` or has `CAP_FSETID` (the kernel's
-    /// `in_group_or_capable` for setgid bits). A caller gone from /proc counts as root only.
-    pub fn in_group_or_fsetid(&self, gid: u32) -> bool {
-        if self.gid == gid {
-            return true;
-        }
+    /// Whether the caller may keep the setgid bit of an object owned by `uid`:`gid`: it is
+    /// in the group or has `CAP_FSETID` over the object (the kernel's
+    /// `in_group_or_capable`). A caller gone from /proc counts as root only.
+    pub fn in_group_or_fsetid(&self, uid: u32, gid: u32) -> bool {
+        self.gid == gid
+            || match ProcessCreds::of(self.pid) {
+                Some(c) => c.in_group(gid) || c.has_cap_over(CAP_FSETID, uid, gid),
+                None => self.uid == 0,
+            }
+    }
+
+    /// Whether the caller is in group `gid` (its filesystem gid or a supplementary one).
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid
+            || match ProcessCreds::of(self.pid) {
+                Some(c) => c.in_group(gid),
+                None => self.uid == 0,
+            }
+    }
+
+    /// Whether the caller has `CAP_FSETID`.
+    pub fn has_fsetid(&self) -> bool {
         match ProcessCreds::of(self.pid) {
-            Some(c) => c.in_group(gid) || c.has_cap(CAP_FSETID),
+            Some(c) => c.has_cap(CAP_FSETID),
             None => self.uid == 0,
         }
     }
@@ -127,7 +143,18 @@ pub struct LayerFs {
     /// Inode numbers kept across copy-up: the upper object's real inode → the number the
     /// mount showed before the copy-up.
     pub(crate) aliases: DashMap<u64, Ino>,
+    /// The kernel's caches, once a FUSE session serves this core (unset when it runs alone).
+    kernel: KernelSlot,
 }
+
+/// Tells the kernel about what it may have cached that the daemon changed on its own.
+pub trait KernelCache: Send + Sync {
+    /// The attributes of `ino` changed behind the request that the kernel sent.
+    fn attributes_changed(&self, ino: Ino);
+}
+
+/// Where the FUSE session puts its [`KernelCache`] once it is up.
+pub type KernelSlot = Arc<OnceLock<Box<dyn KernelCache>>>;
 
 impl LayerFs {
     /// A union over `layers`; `work` is required when there is an upper layer.
@@ -160,7 +187,20 @@ impl LayerFs {
             work,
             cfg,
             aliases: DashMap::new(),
+            kernel: KernelSlot::default(),
         })
+    }
+
+    /// The slot for the kernel's caches; the daemon fills it once the session is up.
+    pub fn kernel_slot(&self) -> KernelSlot {
+        Arc::clone(&self.kernel)
+    }
+
+    /// Tells the kernel (if one is listening) that the attributes of `ino` changed.
+    pub(crate) fn attributes_changed(&self, ino: Ino) {
+        if let Some(k) = self.kernel.get() {
+            k.attributes_changed(ino);
+        }
     }
 
     pub(crate) fn node(&self, ino: Ino) -> io::Result<Arc<Inode>> {

@@ -143,6 +143,33 @@ pub fn make_whiteout(dir: BorrowedFd<'_>, name: &OsStr, format: WhiteoutFormat) 
     }
 }
 
+/// Creates a whiteout for `name` in `dir` by building it at `work/tmp` and renaming it in,
+/// so it belongs to the daemon as the kernel's do (a setgid `dir` would give one made in
+/// place its group). Nothing is left at `tmp`.
+pub fn make_whiteout_via(
+    work: BorrowedFd<'_>,
+    tmp: &OsStr,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    format: WhiteoutFormat,
+) -> io::Result<()> {
+    let target = match format {
+        WhiteoutFormat::Overlay => name.to_os_string(),
+        WhiteoutFormat::Aufs => aufs_name(name),
+    };
+    // An overlay whiteout is the device itself; an AUFS one an empty file named for it.
+    let made = match format {
+        WhiteoutFormat::Overlay => make_whiteout(work, tmp, format),
+        WhiteoutFormat::Aufs => make_empty_file(work, tmp),
+    };
+    let placed =
+        made.and_then(|()| sys::renameat2(work, tmp, dir, &target, libc::RENAME_NOREPLACE));
+    if placed.is_err() {
+        let _ = sys::unlinkat(work, tmp, false);
+    }
+    placed
+}
+
 fn make_empty_file(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     sys::openat(
         dir,

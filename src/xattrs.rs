@@ -95,8 +95,8 @@ impl LayerFs {
         caller: Caller,
     ) -> io::Result<()> {
         let st = self.stat_at(0, dir, name)?;
-        let (_, shown_gid) = self.cfg.owners.show(st.st_uid, st.st_gid);
-        if st.st_mode & libc::S_ISGID == 0 || caller.in_group_or_fsetid(shown_gid) {
+        let (uid, gid) = self.cfg.owners.show(st.st_uid, st.st_gid);
+        if st.st_mode & libc::S_ISGID == 0 || caller.in_group_or_fsetid(uid, gid) {
             return Ok(());
         }
         let change = SetAttr {

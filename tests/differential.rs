@@ -175,56 +175,11 @@ fn script() -> Vec<Op> {
 /// Runs `ops` on kernel overlayfs and on layerfs over identical layers and lists every
 /// difference: errnos, merged views, upper directories, and each upper mounted by the other.
 fn compare(ops: &[Op]) -> Vec<String> {
-    let kernel = Fixture::new(2);
-    let ours = Fixture::new(2);
-    populate(&kernel);
-    populate(&ours);
-    let (kview, kres) = {
-        let m = kernel.kernel_mount();
-        let res: Vec<i32> = ops.iter().map(|op| apply(&m.path, op)).collect();
-        (snapshot(&m.path, false), res)
-    };
-    let (oview, ores) = {
-        let m = ours.mount();
-        let res: Vec<i32> = ops.iter().map(|op| apply(&m.path, op)).collect();
-        (snapshot(&m.path, false), res)
-    };
-    let mut problems = Vec::new();
-    for (i, op) in ops.iter().enumerate() {
-        if kres[i] != ores[i] {
-            problems.push(format!(
-                "op {i} {op:?}: kernel errno {} layerfs errno {}",
-                kres[i], ores[i]
-            ));
-        }
-    }
-    problems.extend(diff("merged", &kview, &oview));
-    problems.extend(diff(
-        "upper",
-        &snapshot(&kernel.upper, true),
-        &snapshot(&ours.upper, true),
-    ));
-    // The upper layerfs wrote, mounted by the kernel, shows the same tree.
-    {
-        fs::remove_dir_all(&ours.work).unwrap();
-        fs::create_dir(&ours.work).unwrap();
-        let m = ours.kernel_mount();
-        problems.extend(diff(
-            "kernel over layerfs upper",
-            &kview,
-            &snapshot(&m.path, false),
-        ));
-    }
-    // And layerfs reads the upper the kernel wrote.
-    {
-        let m = kernel.mount();
-        problems.extend(diff(
-            "layerfs over kernel upper",
-            &kview,
-            &snapshot(&m.path, false),
-        ));
-    }
-    problems
+    compare_with_kernel(2, populate, &[], |root| {
+        ops.iter()
+            .map(|op| (format!("{op:?}"), apply(root, op)))
+            .collect()
+    })
 }
 
 #[test]

@@ -481,6 +481,72 @@ fn walk(root: &Path, dir: &Path, raw: bool, out: &mut BTreeMap<String, String>) 
     }
 }
 
+/// Runs `run` on kernel overlayfs and on layerfs over identical layers (`n_lowers` lowers
+/// made by `populate`) and lists every difference: in what `run` reports step by step, in
+/// the merged views, in the upper directories, and in each upper mounted by the other.
+/// `layerfs_opts` are extra options for the layerfs mount.
+pub fn compare_with_kernel<R: PartialEq + std::fmt::Debug>(
+    n_lowers: usize,
+    populate: impl Fn(&Fixture),
+    layerfs_opts: &[&str],
+    run: impl Fn(&Path) -> Vec<R>,
+) -> Vec<String> {
+    let kernel = Fixture::new(n_lowers);
+    let ours = Fixture::new(n_lowers);
+    populate(&kernel);
+    populate(&ours);
+    let (kview, kres) = {
+        let m = kernel.kernel_mount();
+        let res = run(&m.path);
+        (snapshot(&m.path, false), res)
+    };
+    let (oview, ores) = {
+        let m = ours.mount_with(layerfs_opts);
+        let res = run(&m.path);
+        (snapshot(&m.path, false), res)
+    };
+    let mut problems = Vec::new();
+    for (i, (k, o)) in kres.iter().zip(&ores).enumerate() {
+        if k != o {
+            problems.push(format!("step {i}: kernel {k:?} layerfs {o:?}"));
+        }
+    }
+    if kres.len() != ores.len() {
+        problems.push(format!(
+            "{} steps on the kernel, {} on layerfs",
+            kres.len(),
+            ores.len()
+        ));
+    }
+    problems.extend(diff("merged", &kview, &oview));
+    problems.extend(diff(
+        "upper",
+        &snapshot(&kernel.upper, true),
+        &snapshot(&ours.upper, true),
+    ));
+    // The upper layerfs wrote, mounted by the kernel, shows the same tree.
+    {
+        fs::remove_dir_all(&ours.work).unwrap();
+        fs::create_dir(&ours.work).unwrap();
+        let m = ours.kernel_mount();
+        problems.extend(diff(
+            "kernel over layerfs upper",
+            &kview,
+            &snapshot(&m.path, false),
+        ));
+    }
+    // And layerfs reads the upper the kernel wrote.
+    {
+        let m = kernel.mount_with(layerfs_opts);
+        problems.extend(diff(
+            "layerfs over kernel upper",
+            &kview,
+            &snapshot(&m.path, false),
+        ));
+    }
+    problems
+}
+
 pub fn diff(what: &str, a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
     let mut d = Vec::new();
     for k in a
