@@ -7,35 +7,69 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::BorrowedFd;
 
+use crate::inode::Inode;
 use crate::options::Atime;
 use crate::sys::{self, SetTime, Stat};
+
+/// The policy in force for upper objects: the mount's, but no more than the upper
+/// filesystem's own mount allows (kernel overlayfs touches the upper object through the
+/// upper's mount, whose flags apply too).
+pub fn effective(mount: Atime, upper_flags: u64) -> Atime {
+    let upper = if upper_flags & libc::ST_NOATIME != 0 {
+        Atime::Never
+    } else if upper_flags & libc::ST_RELATIME != 0 {
+        Atime::Relative
+    } else {
+        Atime::Strict
+    };
+    let rank = |a: Atime| match a {
+        Atime::Never => 0,
+        Atime::Relative => 1,
+        Atime::Strict => 2,
+    };
+    if rank(upper) < rank(mount) {
+        upper
+    } else {
+        mount
+    }
+}
 
 /// A day: relatime updates an access time at least this often.
 const RELATIME_MAX_AGE: i64 = 24 * 60 * 60;
 
 /// Whether an access at `now` (seconds, nanoseconds) updates the access time of `st`
-/// under `policy` (the kernel's `relatime_need_update` rule for relatime).
-pub fn needs_update(policy: Atime, st: &Stat, now: (i64, i64)) -> bool {
+/// under `policy` (the kernel's `relatime_need_update` rule for relatime). `own_ctime` is
+/// the change time the daemon's last atime update left, which does not count as a change.
+pub fn needs_update(
+    policy: Atime,
+    st: &Stat,
+    now: (i64, i64),
+    own_ctime: Option<(i64, i64)>,
+) -> bool {
     let atime = (st.st_atime, st.st_atime_nsec);
+    let ctime = (st.st_ctime, st.st_ctime_nsec);
     match policy {
         Atime::Never => false,
         Atime::Strict => atime != now,
         Atime::Relative => {
             (st.st_mtime, st.st_mtime_nsec) >= atime
-                || (st.st_ctime, st.st_ctime_nsec) >= atime
+                || (ctime >= atime && Some(ctime) != own_ctime)
                 || now.0 - atime.0 >= RELATIME_MAX_AGE
         }
     }
 }
 
-/// Records an access of the object behind `fd` (an upper object) under `policy`.
-pub fn accessed(policy: Atime, fd: BorrowedFd<'_>) -> io::Result<()> {
+/// Records an access of `node`'s upper object behind `fd` under `policy`.
+pub fn accessed(policy: Atime, node: &Inode, fd: BorrowedFd<'_>) -> io::Result<()> {
     if policy == Atime::Never {
         return Ok(());
     }
     let st = sys::fstat(fd)?;
-    if needs_update(policy, &st, sys::now()) {
+    let mut own = node.atime_ctime.lock();
+    if needs_update(policy, &st, sys::now(), *own) {
         sys::utimensat(fd, OsStr::new(""), SetTime::Now, SetTime::Omit)?;
+        let st = sys::fstat(fd)?;
+        *own = Some((st.st_ctime, st.st_ctime_nsec));
     }
     Ok(())
 }
@@ -55,35 +89,64 @@ mod tests {
     }
 
     #[test]
+    fn the_upper_mount_limits_the_policy() {
+        assert_eq!(effective(Atime::Strict, libc::ST_RELATIME), Atime::Relative);
+        assert_eq!(effective(Atime::Strict, 0), Atime::Strict);
+        assert_eq!(effective(Atime::Relative, libc::ST_NOATIME), Atime::Never);
+        assert_eq!(effective(Atime::Never, 0), Atime::Never);
+    }
+
+    #[test]
     fn relatime_rules() {
+        // A change time the daemon's own atime update left does not count; a later one does.
+        let own = Some((999_000, 0));
+        let read_since = stat(999_000, 990_000, 999_000);
+        assert!(!needs_update(
+            Atime::Relative,
+            &read_since,
+            (1_000_000, 0),
+            own
+        ));
+        let changed_since = stat(999_000, 990_000, 999_500);
+        assert!(needs_update(
+            Atime::Relative,
+            &changed_since,
+            (1_000_000, 0),
+            own
+        ));
         let now = (1_000_000, 0);
         // Read since the last change: no update.
         assert!(!needs_update(
             Atime::Relative,
             &stat(999_000, 990_000, 990_000),
-            now
+            now,
+            None
         ));
         // Changed since the last read, or the last read a day ago: update.
         assert!(needs_update(
             Atime::Relative,
             &stat(990_000, 995_000, 990_000),
-            now
+            now,
+            None
         ));
         assert!(needs_update(
             Atime::Relative,
             &stat(990_000, 980_000, 990_000),
-            now
+            now,
+            None
         ));
         assert!(needs_update(
             Atime::Relative,
             &stat(900_000, 800_000, 800_000),
-            now
+            now,
+            None
         ));
         assert!(needs_update(
             Atime::Strict,
             &stat(999_000, 990_000, 990_000),
-            now
+            now,
+            None
         ));
-        assert!(!needs_update(Atime::Never, &stat(0, 5, 5), now));
+        assert!(!needs_update(Atime::Never, &stat(0, 5, 5), now, None));
     }
 }

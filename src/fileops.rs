@@ -117,7 +117,7 @@ impl LayerFs {
         let mut buf = vec![0u8; size as usize];
         let f = h.file();
         if h.on_upper() && h.wants_atime(self.cfg.atime) {
-            atime::accessed(self.cfg.atime, f.as_fd())?;
+            atime::accessed(self.cfg.atime, &h.node, f.as_fd())?;
         }
         let mut done = 0;
         while done < buf.len() {
@@ -365,7 +365,7 @@ impl LayerFs {
                     if self.cfg.atime != Atime::Never && h.node.in_upper() {
                         let (dir, name) = self.parent_fd(0, &h.node)?;
                         let fd = self.upper_object(dir.as_fd(), &name, libc::O_PATH)?;
-                        atime::accessed(self.cfg.atime, fd.as_fd())?;
+                        atime::accessed(self.cfg.atime, &h.node, fd.as_fd())?;
                     }
                     let fresh = Arc::new(self.list_dir(&h.node)?);
                     *cached = Some(Arc::clone(&fresh));

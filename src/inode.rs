@@ -96,6 +96,10 @@ pub struct Inode {
     /// kernel revalidates cached names without locking their directory, so without this
     /// a lookup could record an object that a concurrent unlink has just removed.
     pub names: RwLock<()>,
+    /// The change time the daemon's own last access-time update gave the upper object
+    /// (setting atime also sets ctime, which the kernel's atime update does not): relatime
+    /// does not count that change.
+    pub atime_ctime: Mutex<Option<(i64, i64)>>,
 }
 
 impl Inode {
@@ -247,6 +251,7 @@ impl InodeTable {
                 copy_lock: Mutex::new(()),
                 pinned: AtomicBool::new(false),
                 names: RwLock::new(()),
+                atime_ctime: Mutex::new(None),
             }),
         );
         InodeTable { map }
@@ -273,6 +278,7 @@ impl InodeTable {
                 copy_lock: Mutex::new(()),
                 pinned: AtomicBool::new(false),
                 names: RwLock::new(()),
+                atime_ctime: Mutex::new(None),
             })
         });
         let inode = Arc::clone(&entry);
@@ -303,6 +309,7 @@ impl InodeTable {
             copy_lock: Mutex::new(()),
             pinned: AtomicBool::new(false),
             names: RwLock::new(()),
+            atime_ctime: Mutex::new(None),
         })
     }
 

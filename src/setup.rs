@@ -8,8 +8,9 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::atime;
 use crate::layers::Layers;
-use crate::options::{MountFlags, MountSpec, UsageError};
+use crate::options::{Atime, MountFlags, MountSpec, UsageError};
 use crate::statoverride::{OverrideXattr, StatOverride};
 use crate::sys;
 use crate::union::FsConfig;
@@ -198,6 +199,10 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
     } else {
         XattrNs::User
     };
+    let atime = match layers.upper() {
+        Some(u) => atime::effective(flags.atime, sys::mount_flags(u.root()).unwrap_or(0)),
+        None => Atime::Never,
+    };
     Ok(Prepared {
         layers,
         work,
@@ -207,7 +212,7 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
             fsync: spec.fsync,
             owners: spec.owners.clone(),
             xattrs: spec.xattrs,
-            atime: flags.atime,
+            atime,
         },
         mountpoint,
         flags,

@@ -280,6 +280,16 @@ pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     check(unsafe { libc::chmod(c.as_ptr(), mode as libc::mode_t) }).map(drop)
 }
 
+/// The `ST_*` mount flags of the filesystem holding `fd` (fstatvfs's `f_flag`).
+pub fn mount_flags(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let real = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `st` points to writable memory for one statvfs.
+    check(unsafe { libc::fstatvfs(real.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() }.f_flag)
+}
+
 pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<libc::statfs> {
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: `st` points to writable memory for one statfs.

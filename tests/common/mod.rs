@@ -188,12 +188,21 @@ impl Fixture {
 
     /// Kernel overlayfs over the same directories (the oracle).
     pub fn kernel_mount(&self) -> Mounted<'_> {
-        let opts = format!(
+        self.kernel_mount_with("")
+    }
+
+    /// The same with `extra` mount options (comma-separated, may be empty).
+    pub fn kernel_mount_with(&self, extra: &str) -> Mounted<'_> {
+        let mut opts = format!(
             "lowerdir={},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off,xino=off",
             self.lowerdir().to_str().unwrap(),
             self.upper.display(),
             self.work.display()
         );
+        if !extra.is_empty() {
+            opts.push(',');
+            opts.push_str(extra);
+        }
         let out = Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o", &opts])
             .arg(&self.mnt)
