@@ -8,7 +8,6 @@ use common::*;
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::process::Command;
-use std::sync::Mutex;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tool {
@@ -21,27 +20,6 @@ enum Who {
     Root,
     /// uid 1000 as root of a user namespace (and mount namespace) of its own.
     Rootless,
-}
-
-/// Opens /dev/fuse to everyone while alive (it is 0600 on the test machines), for the
-/// unprivileged mounts; restores the mode on drop. One at a time.
-struct OpenDevFuse(u32, #[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
-
-static DEV_FUSE: Mutex<()> = Mutex::new(());
-
-impl OpenDevFuse {
-    fn new() -> Self {
-        let guard = DEV_FUSE.lock().unwrap_or_else(|e| e.into_inner());
-        let mode = fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o777;
-        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
-        OpenDevFuse(mode, guard)
-    }
-}
-
-impl Drop for OpenDevFuse {
-    fn drop(&mut self) {
-        let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(self.0));
-    }
 }
 
 fn require_fuse_overlayfs() -> bool {

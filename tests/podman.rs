@@ -1,16 +1,76 @@
 //! podman with layerfs as the overlay driver's mount program, end to end: containers that
-//! change the image, commit, diff, several containers at once, and clean removal.
+//! change the image, commit, diff, several containers at once, and clean removal; a
+//! container running as a non-root user, a setuid-root program in the image (and
+//! no-new-privileges), each compared with podman on kernel overlayfs; and rootless podman.
 mod common;
 use common::*;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// A podman with its own store in a temp dir, using layerfs as mount program.
+/// Which overlay serves the containers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Engine {
+    /// layerfs as the overlay driver's mount program.
+    Layerfs,
+    /// Kernel overlayfs (no mount program): the reference.
+    Kernel,
+}
+
+/// A podman with its own store in a temp dir.
 struct Podman {
     dir: tempfile::TempDir,
+    engine: Engine,
     /// Extra `--storage-opt` values.
     storage_opts: Vec<String>,
+    /// Rootless: the unprivileged user podman runs as (with a subuid/subgid range).
+    rootless: Option<RootlessUser>,
+}
+
+/// The user rootless podman runs as: made for the tests if missing, with a subordinate
+/// id range in /etc/subuid and /etc/subgid.
+struct RootlessUser {
+    name: &'static str,
+    uid: u32,
+    gid: u32,
+}
+
+const ROOTLESS_USER: &str = "lfsrootless";
+
+impl RootlessUser {
+    fn ensure() -> Self {
+        let id = |flag: &str| -> Option<u32> {
+            let out = Command::new("id")
+                .arg(flag)
+                .arg(ROOTLESS_USER)
+                .output()
+                .ok()?;
+            String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+        };
+        if id("-u").is_none() {
+            let out = Command::new("useradd")
+                .args(["--no-create-home", "--shell", "/bin/sh", ROOTLESS_USER])
+                .output()
+                .unwrap();
+            assert_success(&out);
+        }
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            let text = fs::read_to_string(file).unwrap_or_default();
+            if !text
+                .lines()
+                .any(|l| l.starts_with(&format!("{ROOTLESS_USER}:")))
+            {
+                let line = format!("{ROOTLESS_USER}:300000:65536\n");
+                fs::write(file, text + &line).unwrap();
+            }
+        }
+        RootlessUser {
+            name: ROOTLESS_USER,
+            uid: id("-u").unwrap(),
+            gid: id("-g").unwrap(),
+        }
+    }
 }
 
 impl Podman {
@@ -19,37 +79,99 @@ impl Podman {
     }
 
     fn with_storage_opts(opts: &[&str]) -> Self {
+        Self::make(Engine::Layerfs, opts, None)
+    }
+
+    fn kernel() -> Self {
+        Self::make(Engine::Kernel, &[], None)
+    }
+
+    /// Rootless podman on layerfs: layerfs runs as root of podman's user namespace.
+    fn rootless() -> Self {
+        Self::make(Engine::Layerfs, &[], Some(RootlessUser::ensure()))
+    }
+
+    fn make(engine: Engine, opts: &[&str], rootless: Option<RootlessUser>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("layerfs-podman")
             .tempdir()
             .unwrap();
+        // Rootless engines have no cgroup delegation here: cgroupfs, no network.
+        let extra = if rootless.is_some() {
+            "netns = \"none\"\n[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n"
+        } else {
+            "[engine]\n"
+        };
         fs::write(
             dir.path().join("containers.conf"),
-            "[containers]\ndefault_ulimits = []\n[engine]\nruntime = \"runc\"\n",
+            format!("[containers]\ndefault_ulimits = []\n{extra}runtime = \"runc\"\n"),
         )
         .unwrap();
+        if let Some(u) = &rootless {
+            for d in ["home", "xdg"] {
+                fs::create_dir(dir.path().join(d)).unwrap();
+            }
+            // The daemon binary where the user can run it.
+            fs::copy(BIN, dir.path().join("layerfs")).unwrap();
+            let out = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{}:{}", u.uid, u.gid))
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            assert_success(&out);
+            fs::set_permissions(dir.path().join("xdg"), fs::Permissions::from_mode(0o700)).unwrap();
+        }
         Podman {
             dir,
+            engine,
             storage_opts: opts.iter().map(|o| format!("--storage-opt={o}")).collect(),
+            rootless,
         }
     }
 
     fn run(&self, args: &[&str]) -> Output {
         let d = self.dir.path();
-        Command::new("timeout")
-            .arg("120")
-            .arg("podman")
-            .env("CONTAINERS_CONF", d.join("containers.conf"))
+        let mut c = Command::new("timeout");
+        c.arg("120");
+        let bin = match &self.rootless {
+            None => {
+                c.env("CONTAINERS_CONF", d.join("containers.conf"));
+                BIN.into()
+            }
+            Some(u) => {
+                c.args([
+                    "setpriv",
+                    &format!("--reuid={}", u.uid),
+                    &format!("--regid={}", u.gid),
+                    "--init-groups",
+                    "env",
+                    "-i",
+                    "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                    &format!("USER={}", u.name),
+                ])
+                .arg(format!("HOME={}", d.join("home").display()))
+                .arg(format!("XDG_RUNTIME_DIR={}", d.join("xdg").display()))
+                .arg(format!(
+                    "CONTAINERS_CONF={}",
+                    d.join("containers.conf").display()
+                ));
+                d.join("layerfs")
+            }
+        };
+        c.arg("podman")
             .arg("--root")
             .arg(d.join("root"))
             .arg("--runroot")
             .arg(d.join("runroot"))
-            .args(["--storage-driver", "overlay", "--runtime", "runc"])
-            .arg(format!("--storage-opt=overlay.mount_program={BIN}"))
-            .args(&self.storage_opts)
-            .args(args)
-            .output()
-            .unwrap()
+            .args(["--storage-driver", "overlay", "--runtime", "runc"]);
+        if self.engine == Engine::Layerfs {
+            c.arg(format!(
+                "--storage-opt=overlay.mount_program={}",
+                bin.display()
+            ));
+        }
+        c.args(&self.storage_opts).args(args).output().unwrap()
     }
 
     /// Runs podman and returns stdout, failing the test on a non-zero exit.
@@ -69,7 +191,7 @@ impl Podman {
         fs::create_dir_all(root.join("bin")).unwrap();
         fs::copy(busybox(), root.join("bin/busybox")).unwrap();
         for applet in [
-            "sh", "cat", "ls", "rm", "mv", "mkdir", "echo", "sleep", "test",
+            "sh", "cat", "ls", "rm", "mv", "mkdir", "echo", "sleep", "test", "id", "stat",
         ] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
@@ -79,6 +201,16 @@ impl Podman {
         fs::write(root.join("data/file"), "base\n").unwrap();
         fs::write(root.join("data/del"), "delete me\n").unwrap();
         fs::write(root.join("data/dir/x"), "in dir\n").unwrap();
+        // What images for non-root users hold: a home, a sticky /tmp, a root-only file, a
+        // setuid-root program.
+        fs::create_dir_all(root.join("home/user")).unwrap();
+        std::os::unix::fs::chown(root.join("home/user"), Some(1000), Some(1000)).unwrap();
+        fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+        fs::write(root.join("secret"), "s\n").unwrap();
+        fs::set_permissions(root.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+        let suid = root.join("bin/suid-id");
+        build_euid_program(&self.dir.path().join("euid.c"), &suid);
+        fs::set_permissions(&suid, fs::Permissions::from_mode(0o4755)).unwrap();
         let tar = self.dir.path().join("rootfs.tar");
         let st = Command::new("tar")
             .arg("-C")
@@ -97,6 +229,13 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.run(&["rm", "-af", "-t", "0"]);
         let _ = self.run(&["rmi", "-af"]);
+        if let Some(u) = &self.rootless {
+            // Rootless podman keeps a pause process holding its user namespace.
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-u"])
+                .arg(u.uid.to_string())
+                .status();
+        }
         let root = self.dir.path().to_path_buf();
         // Anything still mounted below the store (after a failure) is unmounted.
         let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -106,6 +245,23 @@ impl Drop for Podman {
             }
         }
     }
+}
+
+/// Builds a static program printing its effective uid (to be made setuid root).
+fn build_euid_program(src: &Path, out: &Path) {
+    fs::write(
+        src,
+        "#include <stdio.h>\n#include <unistd.h>\n\
+         int main(void) { printf(\"euid=%d\\n\", (int)geteuid()); return 0; }\n",
+    )
+    .unwrap();
+    let built = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(out)
+        .arg(src)
+        .output()
+        .unwrap();
+    assert_success(&built);
 }
 
 fn busybox() -> PathBuf {
@@ -152,7 +308,8 @@ fn live_daemons(p: &Podman) -> Vec<u32> {
         let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmd);
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if cmd.contains(BIN) && cmd.contains(&root) && !stat.contains(") Z ") {
+        let ours = cmd.contains(BIN) || cmd.starts_with(&format!("{root}/layerfs"));
+        if ours && cmd.contains(&root) && !stat.contains(") Z ") {
             pids.push(pid);
         }
     }
@@ -314,4 +471,149 @@ fn force_mask_keeps_owners_in_xattrs() {
     );
     p.ok(&["rm", "-f", "-t", "0", "c1"]);
     assert!(leftovers(&p).is_empty(), "left behind: {:?}", leftovers(&p));
+}
+
+/// What a container running as uid 1000 sees and leaves: it reads the image, is refused a
+/// root-only file, writes to /tmp and its home (owned by it in the diff and the commit), and
+/// a setuid-root program runs with euid 0 unless no-new-privileges.
+fn non_root_user_session(p: &Podman) -> Vec<String> {
+    p.import_busybox("localhost/lfs-user:1");
+    let script = "cat /data/file; cat /secret; echo t > /tmp/t && echo h > /home/user/h \
+                  && cat /tmp/t /home/user/h && id -u && /bin/suid-id; \
+                  echo nope > /data/file; echo status $?";
+    let run = p.run(&[
+        "run",
+        "--name",
+        "u1",
+        "--user",
+        "1000:1000",
+        "localhost/lfs-user:1",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let mut seen = vec![
+        String::from_utf8_lossy(&run.stdout).into_owned(),
+        String::from_utf8_lossy(&run.stderr).into_owned(),
+    ];
+    let mut diff: Vec<String> = p.ok(&["diff", "u1"]).lines().map(String::from).collect();
+    diff.sort();
+    seen.push(diff.join(","));
+    p.ok(&["commit", "-q", "u1", "localhost/lfs-user:2"]);
+    seen.push(p.ok(&[
+        "run",
+        "--rm",
+        "localhost/lfs-user:2",
+        "stat",
+        "-c",
+        "%u:%g %a %n",
+        "/tmp/t",
+        "/home/user/h",
+        "/bin/suid-id",
+    ]));
+    seen.push(p.ok(&[
+        "run",
+        "--rm",
+        "--user",
+        "1000:1000",
+        "--security-opt",
+        "no-new-privileges",
+        "localhost/lfs-user:1",
+        "/bin/suid-id",
+    ]));
+    p.ok(&["rm", "-f", "-t", "0", "u1"]);
+    seen
+}
+
+/// What that session gives (podman adds the user to /etc/passwd and /etc/group).
+fn expected_user_session() -> Vec<String> {
+    let diff = [
+        "A /etc/group",
+        "A /etc/passwd",
+        "A /home/user/h",
+        "A /tmp/t",
+        "C /etc",
+        "C /home",
+        "C /home/user",
+        "C /tmp",
+    ];
+    vec![
+        "base\nt\nh\n1000\neuid=0\nstatus 1\n".into(),
+        "cat: can't open '/secret': Permission denied\n\
+         sh: can't create /data/file: Permission denied\n"
+            .into(),
+        diff.join(","),
+        "1000:1000 644 /tmp/t\n1000:1000 644 /home/user/h\n0:0 4755 /bin/suid-id\n".into(),
+        "euid=1000\n".into(),
+    ]
+}
+
+#[test]
+fn non_root_users_and_setuid_programs_as_on_kernel_overlayfs() {
+    require_fuse!();
+    if !podman_available() {
+        return;
+    }
+    let ours = non_root_user_session(&Podman::new());
+    let kernel = non_root_user_session(&Podman::kernel());
+    assert_eq!(
+        ours, kernel,
+        "layerfs (left) and kernel overlayfs (right) differ"
+    );
+    assert_eq!(ours, expected_user_session());
+}
+
+/// Rootless podman (an unprivileged user with a subuid range): layerfs runs as root of
+/// podman's user namespace. The same session as above, and a plain run, diff and commit.
+#[test]
+fn rootless_podman_on_layerfs() {
+    require_fuse!();
+    if !podman_available() {
+        return;
+    }
+    let _dev = OpenDevFuse::new();
+    let p = Podman::rootless();
+    let seen = non_root_user_session(&p);
+    assert_eq!(seen, expected_user_session());
+    let out = p.ok(&[
+        "run",
+        "--name",
+        "r1",
+        "localhost/lfs-user:1",
+        "sh",
+        "-c",
+        "echo more >> /data/file && rm /data/del && cat /data/file && id -u",
+    ]);
+    assert_eq!(out, "base\nmore\n0\n");
+    let diff = p.ok(&["diff", "r1"]);
+    assert!(
+        diff.contains("C /data/file") && diff.contains("D /data/del"),
+        "{diff}"
+    );
+    p.ok(&["commit", "-q", "r1", "localhost/lfs-user:3"]);
+    let out = p.ok(&[
+        "run",
+        "--rm",
+        "localhost/lfs-user:3",
+        "sh",
+        "-c",
+        "cat /data/file; ls /data",
+    ]);
+    assert_eq!(out, "base\nmore\ndir\nfile\n");
+    p.ok(&["rm", "-f", "-t", "0", "r1"]);
+    // The containers really ran on layerfs: a daemon serves a running one.
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "r2",
+        "localhost/lfs-user:1",
+        "sleep",
+        "300",
+    ]);
+    assert!(
+        !live_daemons(&p).is_empty(),
+        "no layerfs daemon for a rootless container"
+    );
+    p.ok(&["rm", "-f", "-t", "0", "r2"]);
 }

@@ -402,6 +402,30 @@ impl Rng {
     }
 }
 
+/// Opens /dev/fuse to everyone while alive (it is 0600 on the test machines), for mounts
+/// made by unprivileged users; restores the mode on drop. One at a time per test binary
+/// (test binaries run one after another).
+pub struct OpenDevFuse(u32, #[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+static DEV_FUSE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl OpenDevFuse {
+    pub fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let guard = DEV_FUSE.lock().unwrap_or_else(|e| e.into_inner());
+        let mode = fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o777;
+        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
+        OpenDevFuse(mode, guard)
+    }
+}
+
+impl Drop for OpenDevFuse {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(self.0));
+    }
+}
+
 /// Runs a shell script as uid/gid 1000 (no supplementary groups).
 pub fn as_user(script: &str) -> Output {
     Command::new("setpriv")
