@@ -266,13 +266,10 @@ impl Drop for Installed {
     }
 }
 
-/// Serialises the tests that depend on the mode of /dev/fuse.
-static DEV_FUSE_MODE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[test]
 fn no_access_to_dev_fuse() {
     require_fuse!();
-    let _serial = DEV_FUSE_MODE.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = DEV_FUSE.lock().unwrap_or_else(|e| e.into_inner());
     let f = Fixture::new(1);
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(f.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
@@ -302,25 +299,6 @@ fn no_access_to_dev_fuse() {
     assert_eq!(tree(f.dir.path()), before);
 }
 
-/// /dev/fuse opened to everyone for the guard's life (as the fuse3 udev rule leaves it).
-struct DevFuseOpen(u32);
-
-impl DevFuseOpen {
-    fn new() -> Self {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata("/dev/fuse").unwrap().permissions().mode();
-        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
-        DevFuseOpen(mode)
-    }
-}
-
-impl Drop for DevFuseOpen {
-    fn drop(&mut self) {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(self.0));
-    }
-}
-
 #[test]
 fn unprivileged_mount_through_fusermount3() {
     require_fuse!();
@@ -331,8 +309,7 @@ fn unprivileged_mount_through_fusermount3() {
         );
         return;
     }
-    let _serial = DEV_FUSE_MODE.lock().unwrap_or_else(|e| e.into_inner());
-    let _open = DevFuseOpen::new();
+    let _open = OpenDevFuse::new();
     let f = Fixture::new(1);
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(f.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -363,6 +340,20 @@ fn unprivileged_mount_through_fusermount3() {
         String::from_utf8_lossy(&out.stderr)
     );
     let guard = Mounted::adopt(&f);
+    // What fusermount3 gives another user: owner only, nosuid, nodev.
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == f.mnt.to_str())
+        .unwrap();
+    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+    assert!(!line.contains("allow_other"), "{line}");
+    let other = Command::new("setpriv")
+        .args(["--reuid=1001", "--regid=1001", "--clear-groups", "ls"])
+        .arg(&f.mnt)
+        .output()
+        .unwrap();
+    assert!(!other.status.success(), "another user got in");
     let script = format!(
         "echo more >> {0}/a && rm {0}/b && mkdir {0}/d && echo x > {0}/d/f",
         f.mnt.display()
@@ -383,6 +374,50 @@ fn unprivileged_mount_through_fusermount3() {
     );
     assert!(!is_mounted(&f.mnt));
     drop(guard);
+}
+
+/// Another user may not ask for what fusermount3 would refuse or drop: one line, exit 1,
+/// nothing created.
+#[test]
+fn unprivileged_users_get_what_fusermount3_allows() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(f.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    for d in [f.lower(0), &f.upper, &f.mnt] {
+        std::os::unix::fs::chown(d, Some(1000), Some(1000)).unwrap();
+    }
+    let conf = fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
+    let allowed = conf.lines().any(|l| l.trim() == "user_allow_other");
+    let before = tree(f.dir.path());
+    for (opt, needs) in [
+        ("allow_other", "user_allow_other"),
+        ("suid", "needs root"),
+        ("dev", "needs root"),
+    ] {
+        if opt == "allow_other" && allowed {
+            continue;
+        }
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=1000",
+                "--regid=1000",
+                "--clear-groups",
+                BIN,
+                "mount",
+            ])
+            .arg(f.lowerdir())
+            .arg(&f.upper)
+            .arg(&f.mnt)
+            .args(["-o", opt])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{opt}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(opt) && err.contains(needs), "{err}");
+        assert_eq!(tree(f.dir.path()), before, "{opt}: something was created");
+    }
 }
 
 /// Layer paths that are not UTF-8 are paths like any other, in both command-line forms.

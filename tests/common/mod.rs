@@ -407,7 +407,8 @@ impl Rng {
 /// (test binaries run one after another).
 pub struct OpenDevFuse(u32, #[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
 
-static DEV_FUSE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Serialises the tests of one binary that depend on the mode of /dev/fuse.
+pub static DEV_FUSE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl OpenDevFuse {
     pub fn new() -> Self {
