@@ -277,14 +277,8 @@ fn no_access_to_dev_fuse() {
         std::os::unix::fs::chown(d, Some(1000), Some(1000)).unwrap();
     }
     let before = tree(f.dir.path());
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=1000",
-            "--regid=1000",
-            "--clear-groups",
-            BIN,
-            "mount",
-        ])
+    let out = as_uid_1000()
+        .args([BIN, "mount"])
         .arg(f.lowerdir())
         .arg(&f.upper)
         .arg(&f.mnt)
@@ -318,13 +312,7 @@ fn unprivileged_mount_through_fusermount3() {
     for d in [f.lower(0), &f.upper, &f.work, &f.mnt, &f.lower(0).join("a")] {
         std::os::unix::fs::chown(d, Some(1000), Some(1000)).unwrap();
     }
-    let as_user = |args: &[&OsStr]| {
-        Command::new("setpriv")
-            .args(["--reuid=1000", "--regid=1000", "--clear-groups"])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let as_user = |args: &[&OsStr]| as_uid_1000().args(args).output().unwrap();
     let out = as_user(&[
         os(BIN),
         os("mount"),
@@ -398,14 +386,8 @@ fn unprivileged_users_get_what_fusermount3_allows() {
         if opt == "allow_other" && allowed {
             continue;
         }
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid=1000",
-                "--regid=1000",
-                "--clear-groups",
-                BIN,
-                "mount",
-            ])
+        let out = as_uid_1000()
+            .args([BIN, "mount"])
             .arg(f.lowerdir())
             .arg(&f.upper)
             .arg(&f.mnt)

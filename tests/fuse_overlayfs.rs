@@ -91,17 +91,8 @@ fn run_as(who: Who, script: &str) {
     let mut c = match who {
         Who::Root => Command::new("sh"),
         Who::Rootless => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid=1000",
-                "--regid=1000",
-                "--clear-groups",
-                "unshare",
-                "--user",
-                "--map-root-user",
-                "--mount",
-                "sh",
-            ]);
+            let mut c = as_rootless_1000(true);
+            c.arg("sh");
             c
         }
     };

@@ -43,20 +43,20 @@ fn shell(who: Who) -> Command {
     let mut c = match who {
         Who::Root => Command::new("sh"),
         Who::InGroup => setpriv(&["--reuid=1000", "--regid=1000", "--groups=500,600", "sh"]),
-        Who::OutOfGroup => setpriv(&["--reuid=1000", "--regid=1000", "--clear-groups", "sh"]),
+        Who::OutOfGroup => {
+            let mut c = as_uid_1000();
+            c.arg("sh");
+            c
+        }
         // dash gives up an effective uid that differs from the real one unless -p.
         Who::EffectiveOnly => {
             setpriv(&["--euid=1000", "--egid=1000", "--clear-groups", "sh", "-p"])
         }
-        Who::UserNamespace => setpriv(&[
-            "--reuid=1000",
-            "--regid=1000",
-            "--clear-groups",
-            "unshare",
-            "--user",
-            "--map-root-user",
-            "sh",
-        ]),
+        Who::UserNamespace => {
+            let mut c = as_rootless_1000(false);
+            c.arg("sh");
+            c
+        }
     };
     c.arg("-c");
     c

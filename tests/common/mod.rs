@@ -427,19 +427,27 @@ impl Drop for OpenDevFuse {
     }
 }
 
+/// `setpriv` running the command that follows as uid/gid 1000 with no other groups.
+pub fn as_uid_1000() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=1000", "--regid=1000", "--clear-groups"]);
+    c
+}
+
+/// The command that follows as uid 1000 made root of a user namespace of its own (as
+/// rootless engines run), with a mount namespace of its own too when `mount_ns`.
+pub fn as_rootless_1000(mount_ns: bool) -> Command {
+    let mut c = as_uid_1000();
+    c.args(["unshare", "--user", "--map-root-user"]);
+    if mount_ns {
+        c.arg("--mount");
+    }
+    c
+}
+
 /// Runs a shell script as uid/gid 1000 (no supplementary groups).
 pub fn as_user(script: &str) -> Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid=1000",
-            "--regid=1000",
-            "--clear-groups",
-            "sh",
-            "-c",
-            script,
-        ])
-        .output()
-        .unwrap()
+    as_uid_1000().args(["sh", "-c", script]).output().unwrap()
 }
 
 /// Fails the test with the command's stderr unless it succeeded.
