@@ -1,6 +1,6 @@
 //! Access times under `noatime`, `relatime` and `strictatime`, compared with kernel
-//! overlayfs: reads and exec of upper files, reads of lower files (whose own atime never
-//! changes, as layers are read with O_NOATIME).
+//! overlayfs: reads, exec and writes of upper files, reads of lower files (whose own atime
+//! never changes, as layers are read with O_NOATIME).
 mod common;
 use common::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -64,6 +64,14 @@ fn accesses(f: &Fixture, m: &Path) -> Vec<(String, bool)> {
     let exec = move || assert!(Command::new(&prog).status().unwrap().success());
     step("first exec", "prog", &exec);
     step("second exec", "prog", &exec);
+    let up = m.join("up");
+    let append = move || {
+        use std::io::Write;
+        let mut h = fs::OpenOptions::new().append(true).open(&up).unwrap();
+        h.write_all(b"more\n").unwrap();
+    };
+    step("write", "up", &append);
+    step("read after the write", "up", &cat("up"));
     let low_before = atime(&f.lower(0).join("low"));
     step("read of a lower file", "low", &cat("low"));
     out.push((

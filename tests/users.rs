@@ -146,6 +146,21 @@ fn populate(f: &Fixture) {
     setfacl(&base.join("acl/denied"), &["-m", "u:1000:---"]);
     file(base, "acl/group", 0o640, 0, 0);
     setfacl(&base.join("acl/group"), &["-m", "g:500:rw-"]);
+    // setgid directories anyone may write to, one with a default ACL.
+    dir(base, "sgid-open", 0o2777, 0, 600);
+    dir(base, "sgid-acl", 0o2777, 0, 600);
+    setfacl(
+        &base.join("sgid-acl"),
+        &["-d", "-m", "u::rwx,g::rwx,o::rwx,u:1000:rwx"],
+    );
+}
+
+/// A shell step creating `path` with open(O_CREAT) and `mode` (octal), as programs do;
+/// the shell's own redirections cannot ask for setgid.
+fn create_mode(path: &str, mode: &str) -> String {
+    format!(
+        "perl -MFcntl -e 'sysopen(my $f, $ARGV[0], O_CREAT|O_WRONLY|O_EXCL, {mode}) or die \"$!\\n\"' {path}"
+    )
 }
 
 /// The steps every user runs.
@@ -197,6 +212,17 @@ fn steps() -> Vec<String> {
         "ln -s ../etc/hosts home/user/link",
         "ln etc/hosts home/user/hard",
         "mkfifo home/user/fifo",
+        // A file created setgid keeps the bit only for a member of the group it gets.
+        &create_mode("sgid-open/f", "02775"),
+        &create_mode("sgid-acl/f", "02775"),
+        &create_mode("acl/sg", "02775"),
+        "mkdir -m 2755 sgid-open/d",
+        // A default ACL set on an upper directory, then inherited there.
+        "mkdir home/user/acldir",
+        "setfacl -d -m u:1000:rwx,g:500:r-x home/user/acldir",
+        "echo z > home/user/acldir/f",
+        "mkdir home/user/acldir/sub",
+        "echo y > home/user/acldir/sub/g",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -219,6 +245,13 @@ fn steps() -> Vec<String> {
         "acl/new",
         "acl/newdir",
         "acl/newdir/inner",
+        "sgid-open/f",
+        "sgid-acl/f",
+        "acl/sg",
+        "sgid-open/d",
+        "home/user/acldir/f",
+        "home/user/acldir/sub",
+        "home/user/acldir/sub/g",
     ] {
         v.push(st(p));
     }
@@ -231,6 +264,11 @@ fn steps() -> Vec<String> {
         "home/user/notes",
         "shared/new",
         "grp/data",
+        "sgid-acl/f",
+        "home/user/acldir",
+        "home/user/acldir/f",
+        "home/user/acldir/sub",
+        "home/user/acldir/sub/g",
     ] {
         v.push(facl(p));
     }
