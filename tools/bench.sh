@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of layerfs against kernel overlayfs, native ext4 and the FUSE
+# overlays that are installed (fuse-overlayfs 1.x from Debian; 2.0, the Rust rewrite, from
+# $FOV2, default ~/.cache/layerfs-bench/bin/fuse-overlayfs: `cargo install fuse-overlayfs
+# --version 2.0.0 --root ~/.cache/layerfs-bench`). Targets run interleaved round-robin,
+# ROUNDS rounds (default 3); each figure is the median, shown with its ratio to kernel
+# overlayfs. Prints a Markdown table and writes a bar chart (SVG) of the ratios.
+#
+#   tools/bench.sh [--quick] [--rounds N] [--out DIR] [--targets "kernel layerfs ..."]
+#
+# --quick: smaller sizes (a 3-minute run). Needs root, fio, and a release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+QUICK=0 ROUNDS=3 OUT=${TMPDIR:-/tmp}/layerfs-bench TARGETS=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --out) OUT=$2; shift ;;
+    --targets) TARGETS=$2; shift ;;
+    *) echo "bench.sh: unknown argument $1" >&2; exit 1 ;;
+  esac
+  shift
+done
+[ "$(id -u)" = 0 ] || { echo "bench.sh: needs root" >&2; exit 1; }
+command -v fio >/dev/null || { echo "bench.sh: needs fio (apt-get install fio)" >&2; exit 1; }
+LAYERFS=$ROOT/target/release/layerfs
+[ -x "$LAYERFS" ] || cargo build --release --quiet
+FOV2=${FOV2:-$HOME/.cache/layerfs-bench/bin/fuse-overlayfs}
+if [ -z "$TARGETS" ]; then
+  TARGETS="native kernel layerfs"
+  command -v fuse-overlayfs >/dev/null && TARGETS="$TARGETS fuse-overlayfs-1"
+  [ -x "$FOV2" ] && TARGETS="$TARGETS fuse-overlayfs-2"
+fi
+if [ $QUICK = 1 ]; then
+  WALK=5000 DIRENTS=4000 BIG=256 COPY=64 NFILES=2000 RT=3
+else
+  WALK=20000 DIRENTS=10000 BIG=1024 COPY=256 NFILES=10000 RT=10
+fi
+
+mkdir -p "$OUT"
+W=$(mktemp -d "$OUT/run.XXXXXX")
+RESULTS=$W/results.tsv
+: > "$RESULTS"
+MNT=$W/mnt
+mkdir -p "$MNT"
+cleanup() { umount -l "$MNT" 2>/dev/null || true; }
+trap cleanup EXIT
+
+echo "building the image layers in $W (walk $WALK files, dir $DIRENTS entries, big ${BIG} MiB)" >&2
+L1=$W/lower1 L2=$W/lower2
+mkdir -p "$L1/walk" "$L1/merged" "$L2/merged" "$L1/victims"
+for d in $(seq 1 $((WALK / 100))); do
+  mkdir "$L1/walk/d$d"
+  (cd "$L1/walk/d$d" && seq 1 100 | xargs touch)
+done
+(cd "$L1/merged" && seq 1 $((DIRENTS / 2)) | sed 's/^/a/' | xargs touch)
+(cd "$L2/merged" && seq 1 $((DIRENTS / 2)) | sed 's/^/b/' | xargs touch)
+(cd "$L1/victims" && seq 1 $NFILES | xargs touch)
+dd if=/dev/urandom of="$L2/big" bs=1M count=$BIG status=none
+dd if=/dev/urandom of="$L2/copy1" bs=1M count=$COPY status=none
+dd if=/dev/urandom of="$L2/copy2" bs=1M count=$COPY status=none
+dd if=/dev/urandom of="$L2/rw" bs=1M count=64 status=none
+MANY=$W/many
+for i in $(seq 1 64); do mkdir -p "$MANY/l$i/d$i"; touch "$MANY/l$i/f$i"; done
+sync
+
+now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc -l; }
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$RESULTS"; }
+
+# mount TARGET LOWERDIR UPPER WORK: mounts on $MNT (native: a bind of the top lower).
+mount_target() {
+  local t=$1 lower=$2 upper=$3 work=$4
+  mkdir -p "$upper" "$work"
+  case $t in
+    native) mount --bind "${lower%%:*}" "$MNT" ;;
+    kernel) mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" ;;
+    layerfs) "$LAYERFS" -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" ;;
+    fuse-overlayfs-1) fuse-overlayfs -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" 2>/dev/null ;;
+    fuse-overlayfs-2) "$FOV2" -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" 2>/dev/null ;;
+  esac
+}
+unmount_target() { umount "$MNT" 2>/dev/null || umount -l "$MNT"; sleep 0.2; }
+daemon_pid() { pgrep -f -- "$MNT\$" | head -1; }
+
+fio_bw() { # fio_bw JOB DIR FILE SIZE [JOBS] -> KiB/s
+  FIO_DIR=$2 FIO_FILE=$3 FIO_SIZE=$4 FIO_JOBS=${5:-1} FIO_RUNTIME=$RT \
+    fio --output-format=json "$ROOT/tools/fio/$1.fio" |
+    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(j["read"]["bw"] + j["write"]["bw"])'
+}
+
+# One round of every workload on target $1, round $2.
+round() {
+  local t=$1 r=$2 up=$W/up-$1-$2 wk=$W/wk-$1-$2 lower="$L1:$L2" s
+  # The native target gets a plain directory of the same content for what it can do.
+  if [ "$t" = native ]; then lower="$W/native-$r"; mkdir -p "$lower"; cp -a "$L1/walk" "$L1/merged" "$lower/"; cp -a "$L2/merged/." "$lower/merged/"; ln "$L2/big" "$lower/big"; fi
+  drop_caches
+  mount_target "$t" "$lower" "$up" "$wk"
+  s=$(now); find "$MNT/walk" -printf '%s\n' > /dev/null; record "$t" "stat-walk, cold (s)" "$r" "$(since "$s")"
+  s=$(now); find "$MNT/walk" -printf '%s\n' > /dev/null; record "$t" "stat-walk, warm (s)" "$r" "$(since "$s")"
+  if [ "$t" != native ] && [ "$t" != kernel ]; then
+    record "$t" "daemon RSS after the walk (MiB)" "$r" "$(awk '/VmHWM/ {print $2/1024}' /proc/"$(daemon_pid)"/status)"
+  fi
+  s=$(now); ls -f "$MNT/merged" > /dev/null; record "$t" "ls -f merged dir, first (s)" "$r" "$(since "$s")"
+  s=$(now); ls -f "$MNT/merged" > /dev/null; record "$t" "ls -f merged dir, again (s)" "$r" "$(since "$s")"
+  record "$t" "seq read big file, cold (MiB/s) ↑" "$r" "$(echo "$(fio_bw seqread "$MNT" big ${BIG}m) / 1024" | bc -l)"
+  record "$t" "seq read big file, warm (MiB/s) ↑" "$r" "$(echo "$(fio_bw seqread "$MNT" big ${BIG}m) / 1024" | bc -l)"
+  record "$t" "4k rand read, cached (MiB/s) ↑" "$r" "$(echo "$(fio_bw randread "$MNT" big ${BIG}m) / 1024" | bc -l)"
+  record "$t" "4k rand read, 4 jobs (MiB/s) ↑" "$r" "$(echo "$(fio_bw randread "$MNT" big ${BIG}m 4) / 1024" | bc -l)"
+  record "$t" "seq write new file (MiB/s) ↑" "$r" "$(echo "$(fio_bw seqwrite "$MNT" new ${BIG}m) / 1024" | bc -l)"
+  rm -f "$MNT/new"
+  mkdir "$MNT/created"
+  s=$(now); (cd "$MNT/created" && seq 1 $NFILES | xargs touch); record "$t" "create $NFILES files (s)" "$r" "$(since "$s")"
+  s=$(now); (cd "$MNT/created" && seq 1 $NFILES | xargs rm); record "$t" "unlink $NFILES upper files (s)" "$r" "$(since "$s")"
+  if [ "$t" != native ]; then
+    record "$t" "4k rand write, copied-up file (MiB/s) ↑" "$r" "$(echo "$(fio_bw randwrite "$MNT" rw 64m) / 1024" | bc -l)"
+    s=$(now); (cd "$MNT/victims" && seq 1 $NFILES | xargs rm); record "$t" "unlink $NFILES lower files (s)" "$r" "$(since "$s")"
+    s=$(now); printf x >> "$MNT/copy1"; record "$t" "1-byte append to ${COPY} MiB lower file (s)" "$r" "$(since "$s")"
+    s=$(now); chmod 600 "$MNT/copy2"; record "$t" "chmod of ${COPY} MiB lower file (s)" "$r" "$(since "$s")"
+  fi
+  unmount_target
+  if [ "$t" != native ]; then
+    local many; many=$(ls -d "$MANY"/l* | paste -sd:)
+    s=$(now); mount_target "$t" "$many" "$W/mup-$t-$r" "$W/mwk-$t-$r"; ls "$MNT" > /dev/null; unmount_target
+    record "$t" "mount + ls + umount, 64 layers (s)" "$r" "$(since "$s")"
+  fi
+  rm -rf "$up" "$wk" "$W/mup-$t-$r" "$W/mwk-$t-$r" "$W/native-$r"
+}
+
+# Page cache used when MOUNTS mounts of one image each read the same big file.
+page_cache() {
+  local t=$1 n=$2 i before after
+  [ "$t" = native ] && return
+  drop_caches
+  before=$(awk '/^Cached:/ {print $2}' /proc/meminfo)
+  for i in $(seq 1 "$n"); do
+    mkdir -p "$W/pc$i" "$W/pcu$i" "$W/pcw$i"
+    local m=$W/pc$i
+    case $t in
+      kernel) mount -t overlay overlay -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i" "$m" ;;
+      layerfs) "$LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" ;;
+      fuse-overlayfs-1) fuse-overlayfs -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i" "$m" 2>/dev/null ;;
+      fuse-overlayfs-2) "$FOV2" -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i" "$m" 2>/dev/null ;;
+    esac
+    cat "$m/big" > /dev/null
+  done
+  after=$(awk '/^Cached:/ {print $2}' /proc/meminfo)
+  record "$t" "page cache, $n mounts read one ${BIG} MiB file (MiB)" 1 "$(echo "($after - $before) / 1024" | bc -l)"
+  for i in $(seq 1 "$n"); do umount "$W/pc$i"; rm -rf "$W/pcu$i" "$W/pcw$i"; done
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+  for t in $TARGETS; do
+    echo "round $r: $t" >&2
+    round "$t" "$r"
+  done
+done
+for n in 1 5; do for t in $TARGETS; do page_cache "$t" $n; done; done
+
+python3 "$ROOT/tools/bench-report.py" "$RESULTS" "$W/chart.svg" $TARGETS
+echo >&2
+echo "raw results: $RESULTS; chart: $W/chart.svg" >&2
