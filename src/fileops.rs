@@ -112,23 +112,27 @@ impl LayerFs {
         Ok(h)
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+    /// Reads up to `size` bytes at `offset` through handle `fh` into the start of `buf`
+    /// (grown to `size` if shorter; a buffer reused across requests is not zeroed again);
+    /// returns how many bytes were read.
+    pub fn read(&self, fh: u64, offset: u64, size: u32, buf: &mut Vec<u8>) -> io::Result<usize> {
         let h = self.open_file(fh)?;
-        let mut buf = vec![0u8; size as usize];
         let f = h.file();
         if h.on_upper() && h.wants_atime(self.cfg.atime) {
             atime::accessed(self.cfg.atime, &h.node, f.as_fd())?;
         }
+        if buf.len() < size as usize {
+            buf.resize(size as usize, 0);
+        }
         let mut done = 0;
-        while done < buf.len() {
-            let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+        while done < size as usize {
+            let n = f.read_at(&mut buf[done..size as usize], offset + done as u64)?;
             if n == 0 {
                 break;
             }
             done += n;
         }
-        buf.truncate(done);
-        Ok(buf)
+        Ok(done)
     }
 
     /// pwrite through handle `fh`. `kill_privs` names the writer when the kernel says it

@@ -16,6 +16,7 @@ use log::debug;
 
 use crate::fileops::SetAttr;
 use crate::namespace::NewObject;
+use crate::options::Atime;
 use crate::sys::{SetTime, Stat};
 use crate::union::{Attr, Caller, KernelCache, LayerFs};
 
@@ -32,6 +33,23 @@ impl KernelCache for Notifications {
         if let Err(e) = self.0.inval_inode(INodeNo(ino), -1, 0) {
             debug!("invalidating the attributes of {ino}: {e}");
         }
+    }
+}
+
+thread_local! {
+    /// Each event-loop thread's read buffer, reused so a read neither allocates nor zeroes.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How the kernel may cache an open file's pages: kept across opens, since every change
+/// to file content goes through this mount (the layers below are not changed under it);
+/// dropped at each open under relatime/strictatime, so that reads reach the daemon, which
+/// records the accesses (the kernel does not for FUSE).
+fn open_flags(fs: &LayerFs) -> FopenFlags {
+    if fs.cfg.atime == Atime::Never {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
     }
 }
 
@@ -193,6 +211,20 @@ fn wanted_capabilities(fs: &LayerFs) -> Vec<(InitFlags, &'static str)> {
             "the kernel enforces POSIX ACLs (system.posix_acl_*) as on kernel overlayfs",
         ));
     }
+    want.push((
+        InitFlags::FUSE_PARALLEL_DIROPS,
+        "lookups and listings in one directory run in parallel (the daemon locks names \
+         per directory itself)",
+    ));
+    want.push((
+        InitFlags::FUSE_ATOMIC_O_TRUNC,
+        "open(O_TRUNC) reaches the daemon as one request, so truncating a lower file \
+         copies up no data",
+    ));
+    want.push((
+        InitFlags::FUSE_CACHE_SYMLINKS,
+        "symlink targets are cached (a symlink never changes in place)",
+    ));
     want.push((
         InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         "the daemon clears setuid/setgid on write, truncate and chown (crate::privs), so \
@@ -394,7 +426,7 @@ impl Filesystem for FuseFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!("open {} {:#o}", ino.0, flags.0);
         match guard(|| self.0.open(ino.0, flags.0, Some(caller(req, 0)))) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), open_flags(&self.0)),
             Err(e) => reply.error(errno("open", e)),
         }
     }
@@ -411,10 +443,10 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         debug!("read {} fh={} off={offset} size={size}", ino.0, fh.0);
-        match guard(|| self.0.read(fh.0, offset, size)) {
-            Ok(d) => reply.data(&d),
+        READ_BUF.with_borrow_mut(|buf| match guard(|| self.0.read(fh.0, offset, size, buf)) {
+            Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(errno("read", e)),
-        }
+        });
     }
 
     fn write(
@@ -632,7 +664,7 @@ impl Filesystem for FuseFs {
                 &file_attr(&a),
                 Generation(a.generation),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                open_flags(&self.0),
             ),
             Err(e) => reply.error(errno("create", e)),
         }

@@ -37,7 +37,7 @@ struct Node {
 }
 
 /// The tree, indexed by inode number - 1.
-const TREE: [Node; 7] = [
+const TREE: [Node; 8] = [
     Node {
         parent: 1,
         name: "",
@@ -85,6 +85,14 @@ const TREE: [Node; 7] = [
         name: "inner",
         dir: false,
         data: b"inner\n",
+        fault: Fault::None,
+    },
+    // Not read before the layer fails (pages read before are served from the cache).
+    Node {
+        parent: 1,
+        name: "cold",
+        dir: false,
+        data: b"cold\n",
         fault: Fault::None,
     },
 ];
@@ -282,7 +290,10 @@ fn lower_returning_eio() {
     assert_eq!(read(m.p("dir/inner")), "inner\n");
     let mut listed = names(&m.path);
     listed.sort();
-    assert_eq!(listed, ["badattr", "baddir", "badread", "dir", "good"]);
+    assert_eq!(
+        listed,
+        ["badattr", "baddir", "badread", "cold", "dir", "good"]
+    );
     assert_eq!(errno(fs::read(m.p("badread"))), libc::EIO);
     assert_eq!(errno(fs::metadata(m.p("badattr"))), libc::EIO);
     assert_eq!(
@@ -301,9 +312,9 @@ fn lower_returning_eio() {
 
     // The whole layer fails: what needs it gets EIO, the upper still serves.
     fs::write(m.p("mine"), "upper\n").unwrap();
-    let open = fs::File::open(m.p("good")).unwrap();
+    let open = fs::File::open(m.p("cold")).unwrap();
     broken.store(true, Ordering::SeqCst);
-    assert_eq!(errno(fs::read(m.p("good"))), libc::EIO);
+    assert_eq!(errno(fs::read(m.p("cold"))), libc::EIO);
     assert_eq!(
         errno(std::io::Read::read(&mut &open, &mut [0u8; 8])),
         libc::EIO

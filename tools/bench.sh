@@ -9,6 +9,8 @@
 #   tools/bench.sh [--quick] [--rounds N] [--out DIR] [--targets "kernel layerfs ..."]
 #
 # --quick: smaller sizes (a 3-minute run). Needs root, fio, and a release build.
+# BASE_LAYERFS=PATH adds a target "layerfs-base" run by another layerfs binary (an older
+# build), for before/after figures from one interleaved run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -32,6 +34,7 @@ if [ -z "$TARGETS" ]; then
   TARGETS="native kernel layerfs"
   command -v fuse-overlayfs >/dev/null && TARGETS="$TARGETS fuse-overlayfs-1"
   [ -x "$FOV2" ] && TARGETS="$TARGETS fuse-overlayfs-2"
+  [ -n "${BASE_LAYERFS:-}" ] && TARGETS="$TARGETS layerfs-base"
 fi
 if [ $QUICK = 1 ]; then
   WALK=5000 DIRENTS=4000 BIG=256 COPY=64 NFILES=2000 RT=3
@@ -79,6 +82,7 @@ mount_target() {
     native) mount --bind "${lower%%:*}" "$MNT" ;;
     kernel) mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" ;;
     layerfs) "$LAYERFS" -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" ;;
+    layerfs-base) "$BASE_LAYERFS" -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" ;;
     fuse-overlayfs-1) fuse-overlayfs -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" 2>/dev/null ;;
     fuse-overlayfs-2) "$FOV2" -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" 2>/dev/null ;;
   esac
@@ -142,6 +146,7 @@ page_cache() {
     case $t in
       kernel) mount -t overlay overlay -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i" "$m" ;;
       layerfs) "$LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" ;;
+      layerfs-base) "$BASE_LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" ;;
       fuse-overlayfs-1) fuse-overlayfs -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i" "$m" 2>/dev/null ;;
       fuse-overlayfs-2) "$FOV2" -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i" "$m" 2>/dev/null ;;
     esac
