@@ -42,8 +42,8 @@ impl LayerFs {
             return Err(errno(libc::ENOENT));
         }
         let lower = *place.lowers.first().ok_or_else(|| errno(libc::ENOENT))?;
-        let parent_path = self.path_of(place.parent)?;
-        let src_dir = self.layers.get(lower).open_dir(&parent_path)?;
+        let parent = self.node(place.parent)?;
+        let src_dir = self.dir_fd(lower, &parent)?;
         let src = Source {
             dir: src_dir.as_fd(),
             name: &place.name,
@@ -51,7 +51,7 @@ impl LayerFs {
         };
         let shown = self.stat_at(lower, src.dir, src.name)?;
         let st = src.real;
-        let dst_dir = upper.open_dir(&parent_path)?;
+        let dst_dir = self.dir_fd(upper.id, &parent)?;
         let parent_st = sys::fstat(dst_dir.as_fd())?;
         let work = self.work()?;
         let tmp = work.temp_name();
@@ -112,7 +112,7 @@ impl LayerFs {
         }
         self.copy_up(&parent, CopyData::Full)?;
         let upper = self.layers.writable()?;
-        let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
+        let dir = self.dir_fd(upper.id, &parent)?;
         let (src_dir, src_name) = self.parent_fd(0, node)?;
         sys::linkat(src_dir.as_fd(), &src_name, dir.as_fd(), name)
     }

@@ -6,6 +6,8 @@ use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use std::path::Path;
 
@@ -78,19 +80,16 @@ fn dtype_to_kind(dtype: u8) -> Option<u32> {
 }
 
 impl LayerFs {
-    /// Reads the entries of the directory at `path` in every layer of `place`.
+    /// Reads the entries of a directory in every layer of `place`; `open` gives its fd in
+    /// a layer.
     fn layer_listings(
         &self,
-        path: &Path,
         place: &Place,
+        open: impl Fn(LayerId) -> io::Result<Arc<OwnedFd>>,
     ) -> io::Result<Vec<(LayerId, Vec<LayerEntry>)>> {
         let mut all = Vec::new();
         for lid in place.layers() {
-            let dir = match self
-                .layers
-                .get(lid)
-                .open(path, libc::O_RDONLY | libc::O_DIRECTORY)
-            {
+            let dir = match open(lid) {
                 Ok(d) => d,
                 // An upper directory removed under the mount is dead and lists as empty
                 // (as a removed directory does, and as on the kernel); a lower changed
@@ -136,7 +135,7 @@ impl LayerFs {
 
     /// The merged listing of directory `node` (without `.` and `..`).
     pub(crate) fn list_dir(&self, node: &Inode) -> io::Result<Vec<MergedEntry>> {
-        let merged = merge(self.layer_listings(&self.path_of(node.ino)?, &node.place())?);
+        let merged = merge(self.layer_listings(&node.place(), |lid| self.dir_fd(lid, node))?);
         Ok(merged
             .into_iter()
             .map(|(lid, e)| MergedEntry {
@@ -149,7 +148,11 @@ impl LayerFs {
 
     /// Whether the directory at `path`, held by the layers of `place`, shows no entries.
     pub(crate) fn is_empty_dir(&self, path: &Path, place: &Place) -> io::Result<bool> {
-        Ok(merge(self.layer_listings(path, place)?).is_empty())
+        let open = |lid| {
+            let l = self.layers.get(lid);
+            Ok(Arc::new(l.open(path, libc::O_PATH | libc::O_DIRECTORY)?))
+        };
+        Ok(merge(self.layer_listings(place, open)?).is_empty())
     }
 }
 

@@ -69,7 +69,7 @@ impl LayerFs {
             let path = sys::openat(dir.as_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
             let st = sys::fstat(path.as_fd())?;
             self.same_object(node, top, st)?;
-            path
+            Arc::new(path)
         };
         let file = sys::reopen_noatime(fd.as_fd(), flags & !(STRIP_FLAGS | libc::O_NOFOLLOW))?;
         Ok((File::from(file), place.upper))

@@ -76,6 +76,9 @@ impl Place {
 #[derive(Debug)]
 pub struct Inode {
     pub ino: Ino,
+    /// Unique to this `Inode` value (a number reused for a new value gets a new serial):
+    /// what caches keyed by inode tell incarnations apart with.
+    serial: u64,
     /// `S_IFMT` bits of the object.
     kind: AtomicU32,
     /// Bumped when the inode number comes back for a different object (the real inode
@@ -102,9 +105,26 @@ pub struct Inode {
     pub atime_ctime: Mutex<Option<(i64, i64)>>,
 }
 
+fn next_serial() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 impl Inode {
     pub fn place(&self) -> Place {
         self.place.read().clone()
+    }
+
+    /// See the field: tells this `Inode` value apart from any other with the same number.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// The directory holding the object and its name there (without copying the rest of
+    /// the place); `None` once the object has no name.
+    pub fn parent_and_name(&self) -> Option<(Ino, OsString)> {
+        let p = self.place.read();
+        (!p.unlinked).then(|| (p.parent, p.name.clone()))
     }
 
     /// How many layers hold the object (without copying the place).
@@ -243,6 +263,7 @@ impl InodeTable {
             ROOT,
             Arc::new(Inode {
                 ino: ROOT,
+                serial: next_serial(),
                 kind: AtomicU32::new(libc::S_IFDIR),
                 generation: AtomicU64::new(0),
                 lookups: AtomicU64::new(1),
@@ -270,6 +291,7 @@ impl InodeTable {
         let entry = self.map.entry(ino).or_insert_with(|| {
             Arc::new(Inode {
                 ino,
+                serial: next_serial(),
                 kind: AtomicU32::new(kind),
                 generation: AtomicU64::new(0),
                 lookups: AtomicU64::new(0),
@@ -301,6 +323,7 @@ impl InodeTable {
         let upper = place.upper;
         Arc::new(Inode {
             ino,
+            serial: next_serial(),
             kind: AtomicU32::new(kind),
             generation: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
@@ -313,20 +336,23 @@ impl InodeTable {
         })
     }
 
-    /// Drops `n` kernel references; the inode leaves the table at zero (the root never does).
-    pub fn forget(&self, ino: Ino, n: u64) {
+    /// Drops `n` kernel references; the inode leaves the table at zero (the root never does)
+    /// and is returned then.
+    pub fn forget(&self, ino: Ino, n: u64) -> Option<Arc<Inode>> {
         if ino == ROOT {
-            return;
+            return None;
         }
-        self.map.remove_if(&ino, |_, inode| {
-            let prev = inode
-                .lookups
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-                    Some(c.saturating_sub(n))
-                })
-                .unwrap_or(0);
-            prev <= n && !inode.pinned.load(Ordering::Acquire)
-        });
+        self.map
+            .remove_if(&ino, |_, inode| {
+                let prev = inode
+                    .lookups
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                        Some(c.saturating_sub(n))
+                    })
+                    .unwrap_or(0);
+                prev <= n && !inode.pinned.load(Ordering::Acquire)
+            })
+            .map(|(_, inode)| inode)
     }
 
     /// The path of `ino` relative to every layer root ("" for the root).

@@ -9,6 +9,7 @@ pub mod atime;
 pub mod copyup;
 pub mod creds;
 pub mod daemon;
+pub mod dirfds;
 pub mod dirmerge;
 pub mod fileops;
 pub mod fuse;

@@ -19,7 +19,7 @@ use crate::whiteout::{self, WhiteoutFormat};
 
 /// Where a new name goes: the upper parent directory, and what the name hides now.
 struct Slot {
-    dir: OwnedFd,
+    dir: Arc<OwnedFd>,
     name: OsString,
     /// The whiteout at the name in the upper layer, to be replaced.
     over: Option<WhiteoutFormat>,
@@ -123,7 +123,7 @@ impl LayerFs {
             Resolved::Missing { upper_whiteout, .. } => (upper_whiteout, upper_whiteout.is_some()),
         };
         self.copy_up(parent, CopyData::Full)?;
-        let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
+        let dir = self.dir_fd(upper.id, parent)?;
         Ok(Slot {
             dir,
             name: name.to_os_string(),
@@ -344,7 +344,7 @@ impl LayerFs {
         }
         let mut held = node.as_ref().and_then(|_| self.hold(&parent, name, &place));
         if place.upper {
-            let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
+            let dir = self.dir_fd(upper.id, &parent)?;
             if !place.lowers.is_empty() || self.lower_visible(&parent, name)? {
                 self.whiteout_over(dir.as_fd(), name, want_dir)?;
             } else {
@@ -353,7 +353,7 @@ impl LayerFs {
             self.forget_alias_if_gone(&st, &place);
         } else {
             self.copy_up(&parent, CopyData::Full)?;
-            let dir = upper.open_dir(&self.path_of(parent.ino)?)?;
+            let dir = self.dir_fd(upper.id, &parent)?;
             self.new_whiteout(dir.as_fd(), name, self.cfg.whiteout)?;
         }
         if let Some(node) = &node {
@@ -367,11 +367,7 @@ impl LayerFs {
     /// is marked; `None` if it cannot be opened.
     fn hold(&self, parent: &Inode, name: &OsStr, place: &Place) -> Option<(LayerId, OwnedFd)> {
         let top = place.top()?;
-        let dir = self
-            .layers
-            .get(top)
-            .open_dir(&self.path_of(parent.ino).ok()?)
-            .ok()?;
+        let dir = self.dir_fd(top, parent).ok()?;
         let fd = sys::openat(dir.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
         Some((top, fd))
     }
@@ -480,8 +476,8 @@ impl LayerFs {
         let snode = self.node_for(&sst, splace)?;
         self.copy_up(&snode, CopyData::Full)?;
         self.copy_up(&newparent, CopyData::Full)?;
-        let sdir = upper.open_dir(&self.path_of(parent.ino)?)?;
-        let ddir = upper.open_dir(&self.path_of(newparent.ino)?)?;
+        let sdir = self.dir_fd(upper.id, &parent)?;
+        let ddir = self.dir_fd(upper.id, &newparent)?;
 
         if exchange {
             let (dst_st, dplace) = dst.ok_or_else(|| errno(libc::ENOENT))?;

@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 use dashmap::DashMap;
 
 use crate::creds::{CAP_FSETID, ProcessCreds};
+use crate::dirfds::DirFds;
 use crate::handles::{HandleTable, OpenDir, OpenFile};
 use crate::idmap::Owners;
 use crate::inode::{Ino, Inode, InodeTable, Place, ROOT};
@@ -143,6 +144,8 @@ pub struct LayerFs {
     /// Inode numbers kept across copy-up: the upper object's real inode → the number the
     /// mount showed before the copy-up.
     pub(crate) aliases: DashMap<u64, Ino>,
+    /// Directory fds by layer and inode, so requests resolve names from their parent.
+    dirfds: DirFds,
     /// The kernel's caches, once a FUSE session serves this core (unset when it runs alone).
     kernel: KernelSlot,
 }
@@ -187,6 +190,7 @@ impl LayerFs {
             work,
             cfg,
             aliases: DashMap::new(),
+            dirfds: DirFds::default(),
             kernel: KernelSlot::default(),
         })
     }
@@ -238,17 +242,43 @@ impl LayerFs {
         &self,
         layer: LayerId,
         node: &Inode,
-    ) -> io::Result<(OwnedFd, OsString)> {
-        let l = self.layers.get(layer);
+    ) -> io::Result<(Arc<OwnedFd>, OsString)> {
         if node.ino == ROOT {
-            return Ok((l.open_dir(Path::new(""))?, OsString::new()));
+            return Ok((self.dir_fd(layer, node)?, OsString::new()));
         }
-        let place = node.place();
-        if place.unlinked {
-            return Err(errno(libc::ENOENT));
+        let (parent, name) = node.parent_and_name().ok_or_else(|| errno(libc::ENOENT))?;
+        Ok((self.dir_fd(layer, &*self.node(parent)?)?, name))
+    }
+
+    /// An `O_PATH` fd of directory `dir`'s object in `layer` (ENOENT where the layer has
+    /// none): from the cache, else opened by name from its parent's fd (see `dirfds`).
+    pub(crate) fn dir_fd(&self, layer: LayerId, dir: &Inode) -> io::Result<Arc<OwnedFd>> {
+        let key = (layer, dir.ino, dir.serial(), dir.generation());
+        if let Some(fd) = self.dirfds.get(&key) {
+            return Ok(fd);
         }
-        let dir = l.open_dir(&self.inodes.path(place.parent)?)?;
-        Ok((dir, place.name))
+        if dir.ino == ROOT {
+            let fd = self.layers.get(layer).open_dir(Path::new(""))?;
+            return Ok(self.dirfds.insert(key, fd));
+        }
+        let (parent, name) = dir.parent_and_name().ok_or_else(|| errno(libc::ENOENT))?;
+        let pfd = self.dir_fd(layer, &*self.node(parent)?)?;
+        let fd = sys::openat(
+            pfd.as_fd(),
+            &name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        // The upper changes under concurrent requests: the name may hold another object
+        // than this inode's for a moment (a rename racing with this one). Use it once then,
+        // keep nothing. Lower layers do not change.
+        if self.layers.is_upper(layer) {
+            let st = sys::fstat(fd.as_fd())?;
+            if self.ino_for(layer, st.st_ino) != dir.ino {
+                return Ok(Arc::new(fd));
+            }
+        }
+        Ok(self.dirfds.insert(key, fd))
     }
 
     /// Where `node`'s object in `layer` is reached: as [`Self::parent_fd`], or for an
@@ -257,7 +287,7 @@ impl LayerFs {
         &self,
         layer: LayerId,
         node: &Inode,
-    ) -> io::Result<(OwnedFd, OsString)> {
+    ) -> io::Result<(Arc<OwnedFd>, OsString)> {
         let place = node.place();
         if !place.unlinked {
             return self.parent_fd(layer, node);
@@ -265,7 +295,7 @@ impl LayerFs {
         if let Some((l, fd)) = &place.held
             && *l == layer
         {
-            return Ok((fd.as_fd().try_clone_to_owned()?, OsString::new()));
+            return Ok((Arc::new(fd.as_fd().try_clone_to_owned()?), OsString::new()));
         }
         let upper = self.layers.is_upper(layer);
         let h = self
@@ -273,7 +303,7 @@ impl LayerFs {
             .find(|h| h.node.ino == node.ino && h.on_upper() == upper)
             .ok_or_else(|| errno(libc::ENOENT))?;
         let fd = h.file().as_fd().try_clone_to_owned()?;
-        Ok((fd, OsString::new()))
+        Ok((Arc::new(fd), OsString::new()))
     }
 
     /// Resolves `name` in the directory `parent` through the layers.
@@ -285,12 +315,11 @@ impl LayerFs {
             return Err(errno(libc::ENOTDIR));
         }
         let pplace = parent.place();
-        let ppath = self.inodes.path(parent.ino)?;
         let mut found: Option<(Stat, Place)> = None;
         let mut upper_whiteout = None;
         let all: Vec<LayerId> = pplace.layers().collect();
         for (i, &lid) in all.iter().enumerate() {
-            let dir = match self.layers.get(lid).open_dir(&ppath) {
+            let dir = match self.dir_fd(lid, parent) {
                 Ok(d) => d,
                 Err(e) if is_enoent(&e) => continue,
                 Err(e) => return Err(e),
@@ -401,7 +430,11 @@ impl LayerFs {
     }
 
     pub fn forget(&self, ino: Ino, n: u64) {
-        self.inodes.forget(ino, n);
+        if let Some(gone) = self.inodes.forget(ino, n)
+            && gone.is_dir()
+        {
+            self.dirfds.forget(gone.ino, gone.serial());
+        }
     }
 
     /// The attributes of `ino`; through the open handle `fh` when given, so an unlinked
@@ -477,9 +510,8 @@ impl LayerFs {
     /// upper object must leave a whiteout).
     pub(crate) fn lower_visible(&self, parent: &Inode, name: &OsStr) -> io::Result<bool> {
         let pplace = parent.place();
-        let ppath = self.inodes.path(parent.ino)?;
         for &lid in &pplace.lowers {
-            let dir = match self.layers.get(lid).open_dir(&ppath) {
+            let dir = match self.dir_fd(lid, parent) {
                 Ok(d) => d,
                 Err(e) if is_enoent(&e) => continue,
                 Err(e) => return Err(e),

@@ -33,7 +33,10 @@ impl LayerFs {
         Ok(())
     }
 
-    fn shown_target(&self, node: &Inode) -> io::Result<(std::os::fd::OwnedFd, OsString)> {
+    fn shown_target(
+        &self,
+        node: &Inode,
+    ) -> io::Result<(std::sync::Arc<std::os::fd::OwnedFd>, OsString)> {
         let top = node.place().top().ok_or_else(|| errno(libc::ENOENT))?;
         self.object_fd(top, node)
     }

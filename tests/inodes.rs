@@ -169,9 +169,11 @@ fn fds_stay_bounded_over_a_big_tree() {
     let mut all = Vec::new();
     walk(&m.path, &mut all);
     assert_eq!(all.len(), 100 + 100 * 1000);
+    // Directory fds are cached (bounded), beyond that only a few fixed ones.
     let fds = fd_count(pid);
+    let bound = layerfs::dirfds::CAPACITY + 64;
     assert!(
-        fds < 64,
-        "daemon holds {fds} fds after walking 100,000 files"
+        fds < bound,
+        "daemon holds {fds} fds after walking 100,000 files (at most {bound})"
     );
 }
