@@ -79,8 +79,10 @@ pub struct MountSpec {
     pub xattr_permissions: Option<OverrideXattr>,
 }
 
-/// The default kernel cache timeout for entries and attributes.
-pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The default kernel cache timeout for entries and attributes: as good as forever, since
+/// the layers below do not change and every change goes through the daemon, which tells
+/// the kernel where it changes something on its own (as fuse-overlayfs 2.0 does).
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1_000_000_000);
 
 /// The default number of FUSE event-loop threads.
 pub const DEFAULT_THREADS: usize = 4;
