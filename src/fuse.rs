@@ -149,6 +149,27 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The attributes of a negative entry: node 0 tells the kernel the name does not exist.
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
         TimeOrNow::Now => SetTime::Now,
@@ -250,12 +271,14 @@ impl Filesystem for FuseFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!("lookup {} {name:?}", parent.0);
-        reply_entry(
-            "lookup",
-            guard(|| self.0.lookup(parent.0, name)),
-            self.1,
-            reply,
-        );
+        match guard(|| self.0.lookup(parent.0, name)) {
+            // A miss is cached too (node 0 with a timeout: a negative entry), as the names a
+            // miss is about only appear through this mount (ld.so and $PATH probing).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                reply.entry(&self.1, &negative_entry(), Generation(0))
+            }
+            r => reply_entry("lookup", r, self.1, reply),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

@@ -92,3 +92,31 @@ fn whiteouts_in_the_upper_are_read() {
     assert_eq!(names(&m.path), ["d"]);
     assert!(names(&m.p("d")).is_empty());
 }
+
+/// A miss is cached by the kernel (a negative entry): probing a missing name again costs no
+/// request, and the name appears at once when it is created through the mount.
+#[test]
+fn misses_are_cached_until_the_name_is_made() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    put(f.lower(0), "present", "p");
+    let log = f.dir.path().join("daemon.log");
+    let (mut daemon, m) = f.spawn_logged(f.mount_command(), "layerfs=debug", &log);
+    let lookups = || {
+        fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("] lookup 1 \"missing\""))
+            .count()
+    };
+    for _ in 0..5 {
+        assert_eq!(errno(fs::metadata(m.p("missing"))), libc::ENOENT);
+    }
+    assert_eq!(lookups(), 1, "five probes of a missing name");
+    fs::write(m.p("missing"), "now").unwrap();
+    assert_eq!(read(m.p("missing")), "now");
+    fs::remove_file(m.p("missing")).unwrap();
+    assert_eq!(errno(fs::metadata(m.p("missing"))), libc::ENOENT);
+    drop(m);
+    daemon.wait().unwrap();
+}
