@@ -232,8 +232,24 @@ impl LayerFs {
     }
 }
 
-/// Copies `size` bytes of `src` into `dst`, leaving holes where `src` has them.
+/// Copies `size` bytes of `src` into `dst`, leaving holes where `src` has them: a reflink
+/// (FICLONE) where the filesystem can share the data, else `copy_file_range` range by
+/// range, else read and write.
 pub(crate) fn copy_data(src: &File, dst: &File, size: u64) -> io::Result<()> {
+    match sys::ficlone(dst.as_fd(), src.as_fd()) {
+        Ok(()) => return Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP)
+                    | Some(libc::ENOTTY)
+                    | Some(libc::EXDEV)
+                    | Some(libc::EINVAL)
+                    | Some(libc::ENOSYS)
+                    | Some(libc::EPERM)
+            ) => {}
+        Err(e) => return Err(e),
+    }
     let mut off = 0;
     while off < size {
         let start = match sys::seek_data_or_hole(src.as_fd(), off, false) {

@@ -191,3 +191,77 @@ fn workdir_leftovers_are_cleaned_at_mount() {
     let _m = f.mount();
     assert!(names(&f.work.join("work")).is_empty());
 }
+
+fn free_bytes(p: &Path) -> u64 {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%f %S"])
+        .arg(p)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut it = text.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+    it.next().unwrap() * it.next().unwrap()
+}
+
+/// On a filesystem that shares data (XFS with reflink), copy-up clones the file instead
+/// of copying its bytes: a 48 MiB copy-up takes almost no space.
+#[test]
+fn copy_up_reflinks_where_the_filesystem_can() {
+    require_fuse!();
+    if Command::new("mkfs.xfs").arg("-V").output().is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mkfs.xfs (xfsprogs) missing in CI"
+        );
+        eprintln!("skipping: no mkfs.xfs");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let xfs = LoopFs::new(
+        t.path(),
+        "xfs",
+        512 << 20,
+        &["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
+        "",
+    );
+    let (lower, upper, work, mnt) = (
+        xfs.at.join("lower"),
+        xfs.at.join("upper"),
+        xfs.at.join("work"),
+        t.path().join("mnt"),
+    );
+    for d in [&lower, &upper, &work, &mnt] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let data: Vec<u8> = (0..48u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(lower.join("big"), &data).unwrap();
+    Command::new("sync").status().unwrap();
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&lower)
+        .arg(&upper)
+        .arg(&mnt)
+        .arg("--workdir")
+        .arg(&work)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let mounted = UnmountOnDrop(mnt.clone());
+    let before = free_bytes(&xfs.at);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("big"))
+        .unwrap()
+        .write_all(b"!")
+        .unwrap();
+    Command::new("sync").status().unwrap();
+    let used = before.saturating_sub(free_bytes(&xfs.at));
+    let got = fs::read(mnt.join("big")).unwrap();
+    drop(mounted);
+    assert_eq!(got.len(), data.len() + 1);
+    assert!(got[..data.len()] == data[..] && got[data.len()] == b'!');
+    assert!(
+        used < 4 << 20,
+        "the copy-up of 48 MiB used {used} bytes: not a reflink"
+    );
+}

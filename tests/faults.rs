@@ -207,44 +207,23 @@ fn kill_during_renames_and_unlinks_leaves_old_or_new() {
 }
 
 /// A loop-mounted ext4 (long journal commit interval), unmounted and detached on drop.
-struct LoopExt4 {
-    image: std::path::PathBuf,
-    at: std::path::PathBuf,
-}
+struct LoopExt4(LoopFs);
 
 impl LoopExt4 {
     fn new(dir: &Path) -> Self {
-        let image = dir.join("ext4.img");
-        let at = dir.join("ext4");
-        fs::create_dir_all(&at).unwrap();
-        fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
-        let mkfs = Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .arg(&image)
-            .status()
-            .unwrap();
-        assert!(mkfs.success(), "mkfs.ext4");
-        let ok = Command::new("mount")
-            .args(["-o", "loop,commit=120"])
-            .arg(&image)
-            .arg(&at)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "loop mount");
-        LoopExt4 { image, at }
+        LoopExt4(LoopFs::new(
+            dir,
+            "ext4",
+            64 << 20,
+            &["mkfs.ext4", "-q", "-F"],
+            "commit=120",
+        ))
     }
 
     /// Whether `marker` has reached the image (the loop device's backing file).
     fn on_disk(&self, marker: &[u8]) -> bool {
-        let img = fs::read(&self.image).unwrap();
+        let img = fs::read(&self.0.image).unwrap();
         img.windows(marker.len()).any(|w| w == marker)
-    }
-}
-
-impl Drop for LoopExt4 {
-    fn drop(&mut self) {
-        unmount(&self.at);
     }
 }
 
@@ -258,8 +237,8 @@ fn fsync_reaches_the_upper_disk() {
     let f = Fixture::new(1);
     put(f.lower(0), "old", "lower content\n");
     for (opts, durable) in [(&[][..], true), (&["-o", "volatile"][..], false)] {
-        let upper = disk.at.join(format!("upper{durable}"));
-        let work = disk.at.join(format!("work{durable}"));
+        let upper = disk.0.at.join(format!("upper{durable}"));
+        let work = disk.0.at.join(format!("work{durable}"));
         fs::create_dir_all(&upper).unwrap();
         fs::create_dir_all(&work).unwrap();
         let mut c = f.mount_command_on(&upper, &work);

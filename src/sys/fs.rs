@@ -330,6 +330,13 @@ pub fn seek_data_or_hole(fd: BorrowedFd<'_>, offset: u64, hole: bool) -> io::Res
     Ok(Some(r as u64))
 }
 
+/// The FICLONE ioctl: makes `dst` share all of `src`'s data (a reflink; XFS, btrfs).
+pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> io::Result<()> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE takes the source fd as its argument; both fds are borrowed.
+    check(unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) }).map(drop)
+}
+
 /// copy_file_range(2) between explicit offsets; returns the bytes copied (0 at EOF).
 pub fn copy_file_range(
     src: BorrowedFd<'_>,

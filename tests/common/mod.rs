@@ -254,6 +254,53 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A filesystem made by `mkfs` in an image file and loop-mounted at a directory;
+/// unmounted on drop.
+pub struct LoopFs {
+    pub image: PathBuf,
+    pub at: PathBuf,
+}
+
+impl LoopFs {
+    /// `mkfs` (the command and its options; the image path is appended) on a `size`-byte
+    /// image `dir/NAME.img`, mounted at `dir/NAME` with `-o loop,OPTS`.
+    pub fn new(dir: &Path, name: &str, size: u64, mkfs: &[&str], opts: &str) -> Self {
+        let image = dir.join(format!("{name}.img"));
+        let at = dir.join(name);
+        fs::create_dir_all(&at).unwrap();
+        fs::File::create(&image).unwrap().set_len(size).unwrap();
+        let made = Command::new(mkfs[0])
+            .args(&mkfs[1..])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert_success(&made);
+        let mounted = Command::new("mount")
+            .args(["-o", &format!("loop,{opts}")])
+            .arg(&image)
+            .arg(&at)
+            .output()
+            .unwrap();
+        assert_success(&mounted);
+        LoopFs { image, at }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        unmount(&self.at);
+    }
+}
+
+/// Unmounts the path on drop (for mounts made without a fixture), even on panic.
+pub struct UnmountOnDrop(pub PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        unmount(&self.0);
+    }
+}
+
 /// A live mount; unmounted on drop. Borrows the fixture so its directory outlives it.
 pub struct Mounted<'a> {
     _fixture: &'a Fixture,
