@@ -21,7 +21,7 @@ fn bench_copy_up(c: &mut Criterion) {
                 || fresh_union(root.path(), &lower),
                 |(fs, _upper)| {
                     let a = fs.lookup(1, OsStr::new("f")).unwrap();
-                    let fh = fs.open(a.ino, libc::O_WRONLY, None).unwrap();
+                    let fh = fs.open(a.ino, libc::O_WRONLY, None).unwrap().fh;
                     fs.release(fh);
                 },
                 criterion::BatchSize::PerIteration,

@@ -93,6 +93,17 @@ impl ProcessCreds {
     }
 }
 
+/// Whether this process is in the initial user namespace (the one whose capabilities FUSE
+/// passthrough needs: registering a backing file takes CAP_SYS_ADMIN there).
+pub fn in_initial_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| {
+            let f: Vec<&str> = m.split_whitespace().collect();
+            f == ["0", "0", "4294967295"]
+        })
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
-use crate::fuse::{FuseFs, Notifications};
+use crate::fuse::{Backings, FuseFs, Notifications};
 use crate::options::{Access, Atime, MountFlags, MountSpec, UsageError};
 use crate::setup::{self, Prepared, plain};
 use crate::sys;
@@ -198,11 +198,20 @@ fn serve(
     }
     let kernel = fs.kernel_slot();
     let started = match mounter {
-        Mounter::Fd(dev_fuse) => Session::from_fd(FuseFs(fs, spec.timeout), dev_fuse, acl, config),
+        Mounter::Fd(dev_fuse) => Session::from_fd(
+            FuseFs(fs, spec.timeout, Backings::default()),
+            dev_fuse,
+            acl,
+            config,
+        ),
         Mounter::Fusermount => {
             config.mount_options = fusermount_options(spec, flags);
             config.acl = acl;
-            Session::new(FuseFs(fs, spec.timeout), &mountpoint, &config)
+            Session::new(
+                FuseFs(fs, spec.timeout, Backings::default()),
+                &mountpoint,
+                &config,
+            )
         }
     };
     let session = match started {

@@ -45,6 +45,17 @@ impl SetAttr {
     }
 }
 
+/// An open file handle and how its data flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// Whether the kernel is to pass the handle's data straight to its file.
+    pub passthrough: bool,
+    /// Whether the kernel may keep the pages it cached for the file (for a cached handle:
+    /// no write went past them since).
+    pub keep_cache: bool,
+}
+
 /// Flags the backing fd must not be opened with (handled by the kernel or by copy-up).
 const STRIP_FLAGS: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT;
 
@@ -77,7 +88,7 @@ impl LayerFs {
 
     /// open(2): copies up first when the file is opened for writing or truncation; an
     /// `O_TRUNC` by `by` clears setuid/setgid as a truncate does.
-    pub fn open(&self, ino: Ino, flags: i32, by: Option<Caller>) -> io::Result<u64> {
+    pub fn open(&self, ino: Ino, flags: i32, by: Option<Caller>) -> io::Result<Opened> {
         let node = self.node(ino)?;
         if node.is_dir() {
             return Err(errno(libc::EISDIR));
@@ -97,9 +108,44 @@ impl LayerFs {
         {
             self.clear_privs_for_data(&node, file.as_fd(), &by, false)?;
         }
-        Ok(self
+        let wanted = on_upper && wants_write(flags) && self.passthrough_wanted(&file)?;
+        let (through, keep_cache) = node.start_io(wanted);
+        let fh = self
             .files
-            .insert(OpenFile::new(node, file, on_upper, flags)))
+            .insert(OpenFile::new(node, file, on_upper, flags, through));
+        Ok(Opened {
+            fh,
+            passthrough: through,
+            keep_cache,
+        })
+    }
+
+    /// Whether the upper `file`, opened for writing, may be passed through to the kernel:
+    /// passthrough is on, and the file has no setuid/setgid bit (a write passed through
+    /// does not reach the daemon, which clears those bits). Opens for reading only take
+    /// the cached path unless the inode is open for passthrough already: the kernel reads
+    /// a passed-through file without O_NOATIME, so reads would touch its access time.
+    fn passthrough_wanted(&self, file: &File) -> io::Result<bool> {
+        if !self.passthrough_on() {
+            return Ok(false);
+        }
+        let st = sys::fstat(file.as_fd())?;
+        Ok(st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_mode & (libc::S_ISUID | libc::S_ISGID) == 0)
+    }
+
+    /// The open handle `fh` (for the adapter to hand its file to the kernel).
+    pub fn open_handle(&self, fh: u64) -> io::Result<Arc<OpenFile>> {
+        self.files.get(fh)
+    }
+
+    /// The kernel refused the file of passthrough handle `fh`: the handle takes the cached
+    /// path, and so do later opens (passthrough is turned off for the mount).
+    pub fn passthrough_refused(&self, fh: u64) {
+        self.disable_passthrough();
+        if let Ok(h) = self.files.get(fh) {
+            h.demote();
+        }
     }
 
     /// The handle `fh`, its fd switched to the upper object if a copy-up happened since.
@@ -153,7 +199,9 @@ impl LayerFs {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files.remove(fh);
+        if let Some(h) = self.files.remove(fh) {
+            h.node.end_io(h.passthrough());
+        }
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {

@@ -19,10 +19,95 @@ use crate::namespace::NewObject;
 use crate::options::Atime;
 use crate::sys::{SetTime, Stat};
 use crate::union::{Attr, Caller, KernelCache, LayerFs};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fuser::BackingId;
+use parking_lot::Mutex;
 
 /// A `LayerFs` served over FUSE, with how long the kernel may cache entries and
-/// attributes (every change goes through the daemon, so the cache stays coherent).
-pub struct FuseFs(pub LayerFs, pub Duration);
+/// attributes (every change goes through the daemon, so the cache stays coherent), and the
+/// backing files of passthrough handles.
+pub struct FuseFs(pub LayerFs, pub Duration, pub Backings);
+
+/// The kernel's backing files of passthrough handles: one `BackingId` per inode, shared by
+/// all its passthrough handles and closed with the last of them (the kernel wants one
+/// backing file per inode).
+#[derive(Default)]
+pub struct Backings {
+    by_ino: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
+    /// The inode of each passthrough handle.
+    by_fh: Mutex<HashMap<u64, u64>>,
+}
+
+impl Backings {
+    /// The backing id for handle `fh` of inode `ino`: the inode's, else one `register`
+    /// makes (outside the locks: it is an ioctl).
+    fn attach(
+        &self,
+        ino: u64,
+        fh: u64,
+        register: impl FnOnce() -> io::Result<BackingId>,
+    ) -> io::Result<Arc<BackingId>> {
+        let existing = self.by_ino.lock().get_mut(&ino).map(|(id, n)| {
+            *n += 1;
+            Arc::clone(id)
+        });
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                let new = register()?;
+                let mut map = self.by_ino.lock();
+                // Another open may have registered one meanwhile: use it, close ours.
+                let (id, n) = map.entry(ino).or_insert_with(|| (Arc::new(new), 0));
+                *n += 1;
+                Arc::clone(id)
+            }
+        };
+        self.by_fh.lock().insert(fh, ino);
+        Ok(id)
+    }
+
+    /// Handle `fh` was released: its inode's backing id goes with the last handle.
+    fn release(&self, fh: u64) {
+        let Some(ino) = self.by_fh.lock().remove(&fh) else {
+            return;
+        };
+        let mut map = self.by_ino.lock();
+        if let Some((_, n)) = map.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ino);
+            }
+        }
+    }
+}
+
+impl FuseFs {
+    /// The backing id for passthrough handle `fh` of `ino`, registered through `register`
+    /// if the inode has none; `None` if the kernel refused it (the handle and later opens
+    /// then take the cached path).
+    fn backing(
+        &self,
+        ino: u64,
+        fh: u64,
+        register: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        let r = self.2.attach(ino, fh, || {
+            let h = self.0.open_handle(fh)?;
+            let file = h.file();
+            register(&file)
+        });
+        match r {
+            Ok(id) => Some(id),
+            Err(e) => {
+                log::warn!("the kernel refused a passthrough file: {e}");
+                self.0.passthrough_refused(fh);
+                None
+            }
+        }
+    }
+}
 
 /// The kernel's caches as the core sees them: FUSE notifications.
 pub struct Notifications(pub Notifier);
@@ -42,11 +127,12 @@ thread_local! {
 }
 
 /// How the kernel may cache an open file's pages: kept across opens, since every change
-/// to file content goes through this mount (the layers below are not changed under it);
-/// dropped at each open under relatime/strictatime, so that reads reach the daemon, which
-/// records the accesses (the kernel does not for FUSE).
-fn open_flags(fs: &LayerFs) -> FopenFlags {
-    if fs.cfg.atime == Atime::Never {
+/// to file content goes through this mount (the layers below are not changed under it),
+/// unless data was written past them (`keep`: see `Opened`); dropped at each open under
+/// relatime/strictatime, so that reads reach the daemon, which records the accesses (the
+/// kernel does not for FUSE).
+fn open_flags(fs: &LayerFs, keep: bool) -> FopenFlags {
+    if keep && fs.cfg.atime == Atime::Never {
         FopenFlags::FOPEN_KEEP_CACHE
     } else {
         FopenFlags::empty()
@@ -262,6 +348,19 @@ impl Filesystem for FuseFs {
                 Err(_) => log::warn!("the kernel does not offer {flag:?}; so not: {why}"),
             }
         }
+        // Passthrough: upper files handed to the kernel, so their data never crosses into
+        // the daemon. Backing files must not be on a stacked filesystem (depth 1), so that
+        // this mount can still be a layer of an overlay.
+        if self.0.passthrough_on() {
+            let offered = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if offered {
+                log::info!("passthrough on: upper files' data goes straight to the kernel");
+            } else {
+                log::warn!("the kernel does not offer FUSE passthrough");
+                self.0.disable_passthrough();
+            }
+        }
         Ok(())
     }
 
@@ -449,7 +548,19 @@ impl Filesystem for FuseFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!("open {} {:#o}", ino.0, flags.0);
         match guard(|| self.0.open(ino.0, flags.0, Some(caller(req, 0)))) {
-            Ok(fh) => reply.opened(FileHandle(fh), open_flags(&self.0)),
+            Ok(o) => {
+                let fh = FileHandle(o.fh);
+                let flags = open_flags(&self.0, o.keep_cache);
+                let id = o
+                    .passthrough
+                    .then(|| self.backing(ino.0, o.fh, |f| reply.open_backing(f)))
+                    .flatten();
+                // Cache flags conflict with passthrough (the kernel answers EIO).
+                match id {
+                    Some(id) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
+                    None => reply.opened(fh, flags),
+                }
+            }
             Err(e) => reply.error(errno("open", e)),
         }
     }
@@ -520,6 +631,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.2.release(fh.0);
         self.0.release(fh.0);
         reply.ok();
     }
@@ -682,13 +794,21 @@ impl Filesystem for FuseFs {
             ))
         });
         match r {
-            Ok((a, fh)) => reply.created(
-                &self.1,
-                &file_attr(&a),
-                Generation(a.generation),
-                FileHandle(fh),
-                open_flags(&self.0),
-            ),
+            Ok((a, o)) => {
+                let (attr, generation) = (file_attr(&a), Generation(a.generation));
+                let (fh, flags) = (FileHandle(o.fh), open_flags(&self.0, o.keep_cache));
+                let id = o
+                    .passthrough
+                    .then(|| self.backing(a.ino, o.fh, |f| reply.open_backing(f)))
+                    .flatten();
+                match id {
+                    Some(id) => {
+                        let none = FopenFlags::empty();
+                        reply.created_passthrough(&self.1, &attr, generation, fh, none, &id)
+                    }
+                    None => reply.created(&self.1, &attr, generation, fh, flags),
+                }
+            }
             Err(e) => reply.error(errno("create", e)),
         }
     }

@@ -25,16 +25,31 @@ pub struct OpenFile {
     pub flags: i32,
     /// Whether a read through this handle has recorded an access (relatime needs it once).
     accessed: AtomicBool,
+    /// Whether the kernel passes this handle's data straight to `file` (FUSE passthrough)
+    /// instead of sending reads and writes to the daemon.
+    passthrough: AtomicBool,
 }
 
 impl OpenFile {
-    pub fn new(node: Arc<Inode>, file: File, on_upper: bool, flags: i32) -> Self {
+    pub fn new(node: Arc<Inode>, file: File, on_upper: bool, flags: i32, through: bool) -> Self {
         OpenFile {
             node,
             file: RwLock::new(file),
             on_upper: AtomicBool::new(on_upper),
             flags,
             accessed: AtomicBool::new(false),
+            passthrough: AtomicBool::new(through),
+        }
+    }
+
+    pub fn passthrough(&self) -> bool {
+        self.passthrough.load(Ordering::Acquire)
+    }
+
+    /// The kernel could not be given this handle's file: its data takes the cached path.
+    pub fn demote(&self) {
+        if self.passthrough.swap(false, Ordering::AcqRel) {
+            self.node.demote_io();
         }
     }
 
@@ -115,8 +130,8 @@ impl<T> HandleTable<T> {
             .map(|e| Arc::clone(e.value()))
     }
 
-    pub fn remove(&self, fh: u64) {
-        self.map.remove(&fh);
+    pub fn remove(&self, fh: u64) -> Option<Arc<T>> {
+        self.map.remove(&fh).map(|(_, h)| h)
     }
 
     pub fn len(&self) -> usize {

@@ -103,6 +103,18 @@ pub struct Inode {
     /// (setting atime also sets ctime, which the kernel's atime update does not): relatime
     /// does not count that change.
     pub atime_ctime: Mutex<Option<(i64, i64)>>,
+    /// How the inode's open handles move data; see [`IoModes`].
+    io: Mutex<IoModes>,
+}
+
+/// The open handles of an inode by data path, and whether pages the kernel cached for it
+/// may be stale because data was written past its page cache since (through a passthrough
+/// handle): the next cached open then has the kernel drop them.
+#[derive(Debug, Default)]
+struct IoModes {
+    cached: u32,
+    through: u32,
+    pages_stale: bool,
 }
 
 fn next_serial() -> u64 {
@@ -113,6 +125,45 @@ fn next_serial() -> u64 {
 impl Inode {
     pub fn place(&self) -> Place {
         self.place.read().clone()
+    }
+
+    /// Counts a new open handle and says how it moves data: `(passed through, the kernel
+    /// may keep the pages it cached)`. It follows the handles already open, if any (the
+    /// kernel refuses an inode opened both ways at once, ETXTBSY), else `wanted`.
+    pub fn start_io(&self, wanted: bool) -> (bool, bool) {
+        let mut io = self.io.lock();
+        let through = match (io.cached, io.through) {
+            (0, 0) => wanted,
+            (_, 0) => false,
+            _ => true,
+        };
+        if through {
+            io.through += 1;
+            // Writes passed through do not reach the inode's page cache.
+            io.pages_stale = true;
+            return (true, false);
+        }
+        io.cached += 1;
+        let keep = !std::mem::take(&mut io.pages_stale);
+        (false, keep)
+    }
+
+    /// A handle counted by [`Self::start_io`] went away.
+    pub fn end_io(&self, through: bool) {
+        let mut io = self.io.lock();
+        if through {
+            io.through = io.through.saturating_sub(1);
+        } else {
+            io.cached = io.cached.saturating_sub(1);
+        }
+    }
+
+    /// A handle counted as passing data through falls back to the cached path (its
+    /// pages, cached before, may be stale: they are dropped at this open).
+    pub fn demote_io(&self) {
+        let mut io = self.io.lock();
+        io.through = io.through.saturating_sub(1);
+        io.cached += 1;
     }
 
     /// See the field: tells this `Inode` value apart from any other with the same number.
@@ -273,6 +324,7 @@ impl InodeTable {
                 pinned: AtomicBool::new(false),
                 names: RwLock::new(()),
                 atime_ctime: Mutex::new(None),
+                io: Mutex::new(IoModes::default()),
             }),
         );
         InodeTable { map }
@@ -301,6 +353,7 @@ impl InodeTable {
                 pinned: AtomicBool::new(false),
                 names: RwLock::new(()),
                 atime_ctime: Mutex::new(None),
+                io: Mutex::new(IoModes::default()),
             })
         });
         let inode = Arc::clone(&entry);
@@ -333,6 +386,7 @@ impl InodeTable {
             pinned: AtomicBool::new(false),
             names: RwLock::new(()),
             atime_ctime: Mutex::new(None),
+            io: Mutex::new(IoModes::default()),
         })
     }
 

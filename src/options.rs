@@ -75,6 +75,8 @@ pub struct MountSpec {
     pub timeout: std::time::Duration,
     /// `noxattrs=1`: extended attributes are not supported through the mount.
     pub xattrs: bool,
+    /// `passthrough=off`: file data always goes through the daemon (the page cache path).
+    pub passthrough: bool,
     /// `xattr_permissions=1|2`: the upper keeps owner and mode in this xattr.
     pub xattr_permissions: Option<OverrideXattr>,
 }
@@ -196,6 +198,7 @@ impl MountSpec {
             owners: Owners::default(),
             timeout: DEFAULT_TIMEOUT,
             xattrs: true,
+            passthrough: true,
             xattr_permissions: None,
         }
     }
@@ -353,6 +356,11 @@ impl MountSpec {
                     self.owners.squash_gid = Some(id);
                 }
             }
+            "passthrough" => match text(value)?.as_str() {
+                "on" | "1" => self.passthrough = true,
+                "off" | "0" => self.passthrough = false,
+                v => return usage(format!("option 'passthrough' takes on or off, not '{v}'")),
+            },
             "noxattrs" => match text(value)?.as_str() {
                 "0" => self.xattrs = true,
                 "1" => self.xattrs = false,
@@ -600,6 +608,8 @@ mod tests {
         assert!(spec("lowerdir=/a,squash_to_uid=x").is_err());
         assert!(spec("lowerdir=/a,xattr_permissions=3").is_err());
         assert!(spec("lowerdir=/a,xattr_permissions").is_err());
+        assert!(spec("lowerdir=/a,passthrough=maybe").is_err());
+        assert!(!spec("lowerdir=/a,passthrough=off").unwrap().passthrough);
         assert!(spec("lowerdir=/a,redirect_dir=on").is_err());
         assert!(spec("upperdir=/u").unwrap().check().is_err());
     }

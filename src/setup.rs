@@ -9,6 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::atime;
+use crate::creds;
 use crate::layers::Layers;
 use crate::options::{Atime, MountFlags, MountSpec, UsageError};
 use crate::statoverride::{OverrideXattr, StatOverride};
@@ -212,11 +213,29 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
             fsync: spec.fsync,
             owners: spec.owners.clone(),
             xattrs: spec.xattrs,
+            passthrough: passthrough(spec, &flags),
             atime,
         },
         mountpoint,
         flags,
     })
+}
+
+/// Whether file data may pass through to the kernel, decided (and said) once at mount.
+fn passthrough(spec: &MountSpec, flags: &MountFlags) -> bool {
+    let why_not = if !spec.passthrough {
+        Some("passthrough=off")
+    } else if flags.atime != Atime::Never {
+        Some("the daemon records access times under relatime/strictatime")
+    } else if sys::geteuid() != 0 || !creds::in_initial_user_namespace() {
+        Some("registering backing files needs root in the initial user namespace")
+    } else {
+        None
+    };
+    if let Some(why) = why_not {
+        log::info!("passthrough off ({why}): file data goes through the daemon");
+    }
+    why_not.is_none()
 }
 
 fn private_dir(recursive: bool) -> std::fs::DirBuilder {

@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
@@ -41,6 +42,10 @@ pub struct FsConfig {
     /// When reads update the access time of upper objects (`noatime`, `relatime`,
     /// `strictatime`; the kernel leaves atime of a FUSE mount to the daemon).
     pub atime: Atime,
+    /// Whether upper files may be passed through to the kernel (FUSE passthrough); off
+    /// for `passthrough=off` and under relatime/strictatime (whose reads the daemon must
+    /// see).
+    pub passthrough: bool,
 }
 
 impl Default for FsConfig {
@@ -52,6 +57,7 @@ impl Default for FsConfig {
             owners: Owners::default(),
             xattrs: true,
             atime: Atime::Never,
+            passthrough: false,
         }
     }
 }
@@ -146,6 +152,8 @@ pub struct LayerFs {
     pub(crate) aliases: DashMap<u64, Ino>,
     /// Directory fds by layer and inode, so requests resolve names from their parent.
     dirfds: DirFds,
+    /// Whether new opens of upper files may pass through (cleared when the kernel cannot).
+    passthrough: AtomicBool,
     /// The kernel's caches, once a FUSE session serves this core (unset when it runs alone).
     kernel: KernelSlot,
 }
@@ -162,6 +170,7 @@ pub type KernelSlot = Arc<OnceLock<Box<dyn KernelCache>>>;
 impl LayerFs {
     /// A union over `layers`; `work` is required when there is an upper layer.
     pub fn new(layers: Layers, work: Option<WorkDir>, cfg: FsConfig) -> io::Result<Self> {
+        let passthrough = cfg.passthrough;
         if layers.upper().is_some() && work.is_none() {
             return Err(errno(libc::EINVAL));
         }
@@ -191,8 +200,22 @@ impl LayerFs {
             cfg,
             aliases: DashMap::new(),
             dirfds: DirFds::default(),
+            passthrough: AtomicBool::new(passthrough),
             kernel: KernelSlot::default(),
         })
+    }
+
+    /// Whether new opens of upper files pass their data through to the kernel.
+    pub fn passthrough_on(&self) -> bool {
+        self.passthrough.load(Ordering::Acquire)
+    }
+
+    /// No passthrough from now on (the kernel does not offer it or refused a file); logged
+    /// once.
+    pub fn disable_passthrough(&self) {
+        if self.passthrough.swap(false, Ordering::AcqRel) {
+            log::info!("passthrough off: file data goes through the daemon and the page cache");
+        }
     }
 
     /// The slot for the kernel's caches; the daemon fills it once the session is up.
