@@ -238,16 +238,8 @@ impl LayerFs {
 pub(crate) fn copy_data(src: &File, dst: &File, size: u64) -> io::Result<()> {
     match sys::ficlone(dst.as_fd(), src.as_fd()) {
         Ok(()) => return Ok(()),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP)
-                    | Some(libc::ENOTTY)
-                    | Some(libc::EXDEV)
-                    | Some(libc::EINVAL)
-                    | Some(libc::ENOSYS)
-                    | Some(libc::EPERM)
-            ) => {}
+        // EPERM: a file the filesystem will not share (swap, immutable, ...).
+        Err(e) if cannot_here(&e) || e.raw_os_error() == Some(libc::EPERM) => {}
         Err(e) => return Err(e),
     }
     let mut off = 0;
@@ -279,21 +271,24 @@ fn copy_range(src: &File, dst: &File, mut off: u64, mut len: u64) -> io::Result<
                 off += n as u64;
                 len -= n as u64;
             }
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EXDEV)
-                        | Some(libc::EINVAL)
-                        | Some(libc::ENOSYS)
-                        | Some(libc::EOPNOTSUPP)
-                ) =>
-            {
-                return copy_range_rw(src, dst, off, len);
-            }
+            Err(e) if cannot_here(&e) => return copy_range_rw(src, dst, off, len),
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Whether a way of copying is not available between these files (another filesystem, a
+/// filesystem without it, an old kernel): the next way is tried.
+fn cannot_here(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EXDEV)
+            | Some(libc::EINVAL)
+            | Some(libc::ENOSYS)
+            | Some(libc::EOPNOTSUPP)
+            | Some(libc::ENOTTY)
+    )
 }
 
 fn copy_range_rw(src: &File, dst: &File, mut off: u64, mut len: u64) -> io::Result<()> {
