@@ -26,6 +26,8 @@ enum Fault {
     Lookup,
     /// Listing it fails.
     List,
+    /// Reads of its data wait while the filesystem's `hold` is set (a slow disk).
+    Slow,
 }
 
 struct Node {
@@ -37,7 +39,7 @@ struct Node {
 }
 
 /// The tree, indexed by inode number - 1.
-const TREE: [Node; 8] = [
+const TREE: [Node; 9] = [
     Node {
         parent: 1,
         name: "",
@@ -95,12 +97,22 @@ const TREE: [Node; 8] = [
         data: b"cold\n",
         fault: Fault::None,
     },
+    Node {
+        parent: 1,
+        name: "slow",
+        dir: false,
+        data: b"slow\n",
+        fault: Fault::Slow,
+    },
 ];
 
 /// A read-only FUSE filesystem serving [`TREE`], whose faulty nodes answer EIO, and which
 /// answers EIO to everything while `broken` is set (a disk gone bad).
 struct Faulty {
     broken: Arc<AtomicBool>,
+    /// While set, reads of the slow node wait; `reading` says one is waiting.
+    hold: Arc<AtomicBool>,
+    reading: Arc<AtomicBool>,
 }
 
 const TTL: Duration = Duration::from_secs(0);
@@ -184,6 +196,12 @@ impl Filesystem for Faulty {
         if self.broken() || n.fault == Fault::Read {
             return reply.error(eio());
         }
+        if n.fault == Fault::Slow {
+            self.reading.store(true, Ordering::SeqCst);
+            while self.hold.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         let start = (offset as usize).min(n.data.len());
         let end = (start + size as usize).min(n.data.len());
         reply.data(&n.data[start..end]);
@@ -256,6 +274,64 @@ impl Drop for FaultyMount {
     }
 }
 
+/// A copy-up held up by a slow lower stalls nothing else: a stat and a read of an
+/// unrelated file complete while it waits (the daemon serves requests on several threads).
+#[test]
+fn a_slow_copy_up_stalls_nothing_else() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    let (hold, reading) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let _faulty = FaultyMount(
+        Some({
+            let mut config = fuser::Config::default();
+            config.mount_options = vec![fuser::MountOption::FSName("faulty".into())];
+            let fs = Faulty {
+                broken: Arc::default(),
+                hold: hold.clone(),
+                reading: reading.clone(),
+            };
+            fuser::spawn_mount(fs, f.lower(0), &config).expect("mount the faulty lower")
+        }),
+        f.lower(0).to_path_buf(),
+    );
+    put(&f.upper, "mine", "upper\n");
+    let m = f.mount();
+    let slow = m.p("slow");
+    let copier = std::thread::spawn(move || {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(slow)
+            .and_then(|mut h| h.write_all(b"+"))
+    });
+    let start = std::time::Instant::now();
+    while !reading.load(Ordering::SeqCst) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the copy-up never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mine = m.p("mine");
+    std::thread::spawn(move || {
+        let _ = tx.send((
+            fs::metadata(&mine).map(|m| m.len()).ok(),
+            fs::read(&mine).ok(),
+        ));
+    });
+    // Not a timing threshold: without other threads this would wait for the hold forever.
+    let got = rx.recv_timeout(Duration::from_secs(60));
+    hold.store(false, Ordering::SeqCst);
+    let (len, content) = got.expect("a stat and a read waited for an unrelated copy-up");
+    assert_eq!(len, Some(6));
+    assert_eq!(content.as_deref(), Some(&b"upper\n"[..]));
+    copier.join().unwrap().unwrap();
+    assert_eq!(read(m.p("slow")), "slow\n+");
+}
+
 /// Whether the daemon's log has a warning naming `what`, and no panic.
 fn logged(log: &Path, what: &str) -> bool {
     let text = fs::read_to_string(log).unwrap_or_default();
@@ -275,6 +351,8 @@ fn lower_returning_eio() {
             fuser::spawn_mount(
                 Faulty {
                     broken: broken.clone(),
+                    hold: Arc::default(),
+                    reading: Arc::default(),
                 },
                 f.lower(0),
                 &config,
@@ -292,7 +370,9 @@ fn lower_returning_eio() {
     listed.sort();
     assert_eq!(
         listed,
-        ["badattr", "baddir", "badread", "cold", "dir", "good"]
+        [
+            "badattr", "baddir", "badread", "cold", "dir", "good", "slow"
+        ]
     );
     assert_eq!(errno(fs::read(m.p("badread"))), libc::EIO);
     assert_eq!(errno(fs::metadata(m.p("badattr"))), libc::EIO);
