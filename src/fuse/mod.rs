@@ -1,142 +1,42 @@
 //! The FUSE adapter: the only module that names fuser's request and reply types. Each
-//! method decodes the request, calls the core once and replies once.
+//! method decodes the request, calls the core once and replies once. `kernel` holds what
+//! is negotiated with the kernel, `attrs` the attribute conversions, `backing` the backing
+//! files of passthrough handles.
+
+mod attrs;
+mod backing;
+mod kernel;
 
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use log::debug;
 
 use crate::fileops::SetAttr;
 use crate::namespace::NewObject;
-use crate::options::Atime;
-use crate::sys::{SetTime, Stat};
-use crate::union::{Attr, Caller, KernelCache, LayerFs};
-use std::collections::HashMap;
-use std::sync::Arc;
+use crate::union::{Attr, Caller, LayerFs};
 
-use fuser::BackingId;
-use parking_lot::Mutex;
+use attrs::{decode_dev, file_attr, file_type, negative_entry, set_time};
+pub use backing::Backings;
+pub use kernel::Notifications;
+use kernel::{open_flags, wanted_capabilities};
 
 /// A `LayerFs` served over FUSE, with how long the kernel may cache entries and
 /// attributes (every change goes through the daemon, so the cache stays coherent), and the
 /// backing files of passthrough handles.
 pub struct FuseFs(pub LayerFs, pub Duration, pub Backings);
 
-/// The kernel's backing files of passthrough handles: one `BackingId` per inode, shared by
-/// all its passthrough handles and closed with the last of them (the kernel wants one
-/// backing file per inode).
-#[derive(Default)]
-pub struct Backings {
-    by_ino: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
-    /// The inode of each passthrough handle.
-    by_fh: Mutex<HashMap<u64, u64>>,
-}
-
-impl Backings {
-    /// The backing id for handle `fh` of inode `ino`: the inode's, else one `register`
-    /// makes (outside the locks: it is an ioctl).
-    fn attach(
-        &self,
-        ino: u64,
-        fh: u64,
-        register: impl FnOnce() -> io::Result<BackingId>,
-    ) -> io::Result<Arc<BackingId>> {
-        let existing = self.by_ino.lock().get_mut(&ino).map(|(id, n)| {
-            *n += 1;
-            Arc::clone(id)
-        });
-        let id = match existing {
-            Some(id) => id,
-            None => {
-                let new = register()?;
-                let mut map = self.by_ino.lock();
-                // Another open may have registered one meanwhile: use it, close ours.
-                let (id, n) = map.entry(ino).or_insert_with(|| (Arc::new(new), 0));
-                *n += 1;
-                Arc::clone(id)
-            }
-        };
-        self.by_fh.lock().insert(fh, ino);
-        Ok(id)
-    }
-
-    /// Handle `fh` was released: its inode's backing id goes with the last handle.
-    fn release(&self, fh: u64) {
-        let Some(ino) = self.by_fh.lock().remove(&fh) else {
-            return;
-        };
-        let mut map = self.by_ino.lock();
-        if let Some((_, n)) = map.get_mut(&ino) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&ino);
-            }
-        }
-    }
-}
-
-impl FuseFs {
-    /// The backing id for passthrough handle `fh` of `ino`, registered through `register`
-    /// if the inode has none; `None` if the kernel refused it (the handle and later opens
-    /// then take the cached path).
-    fn backing(
-        &self,
-        ino: u64,
-        fh: u64,
-        register: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
-        let r = self.2.attach(ino, fh, || {
-            let h = self.0.open_handle(fh)?;
-            let file = h.file();
-            register(&file)
-        });
-        match r {
-            Ok(id) => Some(id),
-            Err(e) => {
-                log::warn!("the kernel refused a passthrough file: {e}");
-                self.0.passthrough_refused(fh);
-                None
-            }
-        }
-    }
-}
-
-/// The kernel's caches as the core sees them: FUSE notifications.
-pub struct Notifications(pub Notifier);
-
-impl KernelCache for Notifications {
-    fn attributes_changed(&self, ino: u64) {
-        // A negative offset invalidates the attributes only, not the cached data.
-        if let Err(e) = self.0.inval_inode(INodeNo(ino), -1, 0) {
-            debug!("invalidating the attributes of {ino}: {e}");
-        }
-    }
-}
-
 thread_local! {
     /// Each event-loop thread's read buffer, reused so a read neither allocates nor zeroes.
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// How the kernel may cache an open file's pages: kept across opens, since every change
-/// to file content goes through this mount (the layers below are not changed under it),
-/// unless data was written past them (`keep`: see `Opened`); dropped at each open under
-/// relatime/strictatime, so that reads reach the daemon, which records the accesses (the
-/// kernel does not for FUSE).
-fn open_flags(fs: &LayerFs, keep: bool) -> FopenFlags {
-    if keep && fs.cfg.atime == Atime::Never {
-        FopenFlags::FOPEN_KEEP_CACHE
-    } else {
-        FopenFlags::empty()
-    }
 }
 
 /// Errnos that mean something is wrong below the mount (a failing or full layer, a
@@ -182,98 +82,6 @@ fn guard<T>(f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     })
 }
 
-fn time(sec: i64, nsec: i64) -> SystemTime {
-    if sec >= 0 {
-        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
-    } else {
-        UNIX_EPOCH - Duration::new(sec.unsigned_abs(), 0) + Duration::new(0, nsec as u32)
-    }
-}
-
-fn file_type(mode: u32) -> FileType {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileType::Directory,
-        libc::S_IFLNK => FileType::Symlink,
-        libc::S_IFIFO => FileType::NamedPipe,
-        libc::S_IFSOCK => FileType::Socket,
-        libc::S_IFCHR => FileType::CharDevice,
-        libc::S_IFBLK => FileType::BlockDevice,
-        _ => FileType::RegularFile,
-    }
-}
-
-/// dev_t as the FUSE protocol carries it (the kernel's new_encode_dev).
-fn encode_dev(rdev: u64) -> u32 {
-    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
-}
-
-fn decode_dev(rdev: u32) -> u64 {
-    let major = (rdev & 0xfff00) >> 8;
-    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
-    libc::makedev(major, minor)
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
-    let st: &Stat = &a.st;
-    FileAttr {
-        ino: INodeNo(a.ino),
-        size: st.st_size as u64,
-        blocks: st.st_blocks as u64,
-        atime: time(st.st_atime, st.st_atime_nsec),
-        mtime: time(st.st_mtime, st.st_mtime_nsec),
-        ctime: time(st.st_ctime, st.st_ctime_nsec),
-        crtime: UNIX_EPOCH,
-        kind: file_type(st.st_mode),
-        perm: (st.st_mode & 0o7777) as u16,
-        nlink: st.st_nlink as u32,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        rdev: encode_dev(st.st_rdev),
-        blksize: st.st_blksize as u32,
-        flags: 0,
-    }
-}
-
-/// The attributes of a negative entry: node 0 tells the kernel the name does not exist.
-fn negative_entry() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 0,
-        flags: 0,
-    }
-}
-
-fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
-    t.map(|t| match t {
-        TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => SetTime::At(d.as_secs() as i64, i64::from(d.subsec_nanos())),
-            Err(e) => {
-                let d = e.duration();
-                let (mut s, mut ns) = (-(d.as_secs() as i64), -i64::from(d.subsec_nanos()));
-                if ns < 0 {
-                    s -= 1;
-                    ns += 1_000_000_000;
-                }
-                SetTime::At(s, ns)
-            }
-        },
-    })
-}
-
 fn caller(req: &Request, umask: u32) -> Caller {
     Caller {
         uid: req.uid(),
@@ -304,40 +112,6 @@ fn reply_xattr(op: &str, r: io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
         Ok(v) => reply.data(&v),
         Err(e) => reply.error(errno(op, e)),
     }
-}
-
-/// The capabilities layerfs asks the kernel for, each with why. Negotiated in one place.
-fn wanted_capabilities(fs: &LayerFs) -> Vec<(InitFlags, &'static str)> {
-    let mut want = vec![(
-        InitFlags::FUSE_DONT_MASK,
-        "the umask reaches the daemon, which applies it only where no default ACL does",
-    )];
-    if fs.cfg.xattrs {
-        want.push((
-            InitFlags::FUSE_POSIX_ACL,
-            "the kernel enforces POSIX ACLs (system.posix_acl_*) as on kernel overlayfs",
-        ));
-    }
-    want.push((
-        InitFlags::FUSE_PARALLEL_DIROPS,
-        "lookups and listings in one directory run in parallel (the daemon locks names \
-         per directory itself)",
-    ));
-    want.push((
-        InitFlags::FUSE_ATOMIC_O_TRUNC,
-        "open(O_TRUNC) reaches the daemon as one request, so truncating a lower file \
-         copies up no data",
-    ));
-    want.push((
-        InitFlags::FUSE_CACHE_SYMLINKS,
-        "symlink targets are cached (a symlink never changes in place)",
-    ));
-    want.push((
-        InitFlags::FUSE_HANDLE_KILLPRIV_V2,
-        "the daemon clears setuid/setgid on write, truncate and chown (crate::privs), so \
-         the kernel stops asking for security.capability before every write",
-    ));
-    want
 }
 
 impl Filesystem for FuseFs {
@@ -840,13 +614,5 @@ mod tests {
         let r: io::Result<()> = guard(|| panic!("boom"));
         assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
         assert_eq!(guard(|| Ok(5)).unwrap(), 5);
-    }
-
-    #[test]
-    fn dev_encoding_round_trips() {
-        for (ma, mi) in [(1u32, 3u32), (8, 0), (259, 65536), (4095, 255)] {
-            let d = libc::makedev(ma, mi);
-            assert_eq!(decode_dev(encode_dev(d)), d);
-        }
     }
 }

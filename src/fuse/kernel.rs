@@ -1,0 +1,67 @@
+//! What layerfs negotiates with the kernel (in one place, each with why), how it lets the
+//! kernel cache file pages, and how the core tells the kernel about changes it made itself.
+
+use fuser::{FopenFlags, INodeNo, InitFlags, Notifier};
+use log::debug;
+
+use crate::options::Atime;
+use crate::union::{KernelCache, LayerFs};
+
+/// The kernel's caches as the core sees them: FUSE notifications.
+pub struct Notifications(pub Notifier);
+
+impl KernelCache for Notifications {
+    fn attributes_changed(&self, ino: u64) {
+        // A negative offset invalidates the attributes only, not the cached data.
+        if let Err(e) = self.0.inval_inode(INodeNo(ino), -1, 0) {
+            debug!("invalidating the attributes of {ino}: {e}");
+        }
+    }
+}
+
+/// How the kernel may cache an open file's pages: kept across opens, since every change
+/// to file content goes through this mount (the layers below are not changed under it),
+/// unless data was written past them (`keep`: see `Opened`); dropped at each open under
+/// relatime/strictatime, so that reads reach the daemon, which records the accesses (the
+/// kernel does not for FUSE).
+pub(super) fn open_flags(fs: &LayerFs, keep: bool) -> FopenFlags {
+    if keep && fs.cfg.atime == Atime::Never {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}
+
+/// The capabilities layerfs asks the kernel for, each with why. Negotiated in one place.
+pub(super) fn wanted_capabilities(fs: &LayerFs) -> Vec<(InitFlags, &'static str)> {
+    let mut want = vec![(
+        InitFlags::FUSE_DONT_MASK,
+        "the umask reaches the daemon, which applies it only where no default ACL does",
+    )];
+    if fs.cfg.xattrs {
+        want.push((
+            InitFlags::FUSE_POSIX_ACL,
+            "the kernel enforces POSIX ACLs (system.posix_acl_*) as on kernel overlayfs",
+        ));
+    }
+    want.push((
+        InitFlags::FUSE_PARALLEL_DIROPS,
+        "lookups and listings in one directory run in parallel (the daemon locks names \
+         per directory itself)",
+    ));
+    want.push((
+        InitFlags::FUSE_ATOMIC_O_TRUNC,
+        "open(O_TRUNC) reaches the daemon as one request, so truncating a lower file \
+         copies up no data",
+    ));
+    want.push((
+        InitFlags::FUSE_CACHE_SYMLINKS,
+        "symlink targets are cached (a symlink never changes in place)",
+    ));
+    want.push((
+        InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+        "the daemon clears setuid/setgid on write, truncate and chown (crate::privs), so \
+         the kernel stops asking for security.capability before every write",
+    ));
+    want
+}
