@@ -38,9 +38,9 @@ if [ -z "$TARGETS" ]; then
   [ -n "${BASE_LAYERFS:-}" ] && TARGETS="$TARGETS layerfs-base"
 fi
 if [ $QUICK = 1 ]; then
-  WALK=5000 DIRENTS=4000 BIG=256 COPY=64 NFILES=2000 RT=3
+  WALK=5000 DIRENTS=4000 BIG=256 COPY=64 NFILES=2000 RT=3 HUGE=20000
 else
-  WALK=20000 DIRENTS=10000 BIG=1024 COPY=256 NFILES=10000 RT=10
+  WALK=20000 DIRENTS=10000 BIG=1024 COPY=256 NFILES=10000 RT=10 HUGE=100000
 fi
 
 mkdir -p "$OUT"
@@ -66,6 +66,13 @@ dd if=/dev/urandom of="$L2/big" bs=1M count=$BIG status=none
 dd if=/dev/urandom of="$L2/copy1" bs=1M count=$COPY status=none
 dd if=/dev/urandom of="$L2/copy2" bs=1M count=$COPY status=none
 dd if=/dev/urandom of="$L2/rw" bs=1M count=64 status=none
+# A bigger tree for the daemon's memory and fds, and a tarball to unpack into the mount.
+mkdir -p "$L1/huge"
+for d in $(seq 1 $((HUGE / 1000))); do
+  mkdir "$L1/huge/d$d"
+  (cd "$L1/huge/d$d" && seq 1 1000 | xargs touch)
+done
+tar -C "$L1" -cf "$W/rootfs.tar" walk
 MANY=$W/many
 for i in $(seq 1 64); do mkdir -p "$MANY/l$i/d$i"; touch "$MANY/l$i/f$i"; done
 sync
@@ -109,6 +116,9 @@ round() {
   s=$(now); find "$MNT/walk" -printf '%s\n' > /dev/null; record "$t" "stat-walk, warm (s)" "$r" "$(since "$s")"
   if [ "$t" != native ] && [ "$t" != kernel ]; then
     record "$t" "daemon RSS after the walk (MiB)" "$r" "$(awk '/VmHWM/ {print $2/1024}' /proc/"$(daemon_pid)"/status)"
+    find "$MNT/huge" -printf '%s\n' > /dev/null
+    record "$t" "daemon RSS after a $HUGE-file walk (MiB)" "$r" "$(awk '/VmHWM/ {print $2/1024}' /proc/"$(daemon_pid)"/status)"
+    record "$t" "daemon fds after a $HUGE-file walk" "$r" "$(ls /proc/"$(daemon_pid)"/fd | wc -l)"
   fi
   s=$(now); ls -f "$MNT/merged" > /dev/null; record "$t" "ls -f merged dir, first (s)" "$r" "$(since "$s")"
   s=$(now); ls -f "$MNT/merged" > /dev/null; record "$t" "ls -f merged dir, again (s)" "$r" "$(since "$s")"
@@ -118,6 +128,8 @@ round() {
   record "$t" "4k rand read, 4 jobs (MiB/s) ↑" "$r" "$(echo "$(fio_bw randread "$MNT" big ${BIG}m 4) / 1024" | bc -l)"
   record "$t" "seq write new file (MiB/s) ↑" "$r" "$(echo "$(fio_bw seqwrite "$MNT" new ${BIG}m) / 1024" | bc -l)"
   rm -f "$MNT/new"
+  mkdir "$MNT/untar"
+  s=$(now); tar -C "$MNT/untar" -xf "$W/rootfs.tar"; record "$t" "untar $WALK files (s)" "$r" "$(since "$s")"
   mkdir "$MNT/created"
   s=$(now); (cd "$MNT/created" && seq 1 $NFILES | xargs touch); record "$t" "create $NFILES files (s)" "$r" "$(since "$s")"
   s=$(now); (cd "$MNT/created" && seq 1 $NFILES | xargs rm); record "$t" "unlink $NFILES upper files (s)" "$r" "$(since "$s")"
@@ -166,7 +178,7 @@ for r in $(seq 1 "$ROUNDS"); do
     round "$t" "$r"
   done
 done
-for n in 1 5; do for t in $TARGETS; do page_cache "$t" $n; done; done
+for n in 1 5 10; do for t in $TARGETS; do page_cache "$t" $n; done; done
 
 python3 "$ROOT/tools/bench-report.py" "$RESULTS" "$W/chart.svg" $TARGETS
 echo >&2
