@@ -156,3 +156,44 @@ fn million_entries() {
     fs::remove_file(m.p("big/g0")).unwrap();
     assert_eq!(listing(&m.p("big")).len(), 1_000_000 - 1);
 }
+
+/// Listings carry attributes (readdirplus): a walk that stats every entry makes no LOOKUP,
+/// and every reference those entries gave the kernel is given back when it forgets them.
+#[test]
+fn a_walk_needs_no_lookups_and_leaks_no_references() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    for d in 0..3 {
+        for i in 0..100 {
+            put(f.lower(0), &format!("d{d}/f{i}"), "");
+        }
+    }
+    let log = f.dir.path().join("daemon.log");
+    let (mut daemon, m) = f.spawn_logged(f.mount_command(), "layerfs=debug", &log);
+    let mut seen = 0;
+    for d in 0..3 {
+        for e in fs::read_dir(m.p(&format!("d{d}"))).unwrap() {
+            fs::symlink_metadata(e.unwrap().path()).unwrap();
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 300);
+    let text = fs::read_to_string(&log).unwrap();
+    let lookups = text.lines().filter(|l| l.contains("] lookup ")).count();
+    assert!(text.contains("] readdirplus "), "no readdirplus request");
+    // The three directories themselves are looked up; their entries are not.
+    assert!(lookups <= 3, "{lookups} lookups for a walk of 300 entries");
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(m);
+    daemon.wait().unwrap();
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("unmounted: 1 inodes, 0 open handles"),
+        "references left after the kernel forgot everything:\n{}",
+        text.lines()
+            .filter(|l| l.contains("unmounted"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

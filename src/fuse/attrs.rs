@@ -81,6 +81,15 @@ pub(super) fn negative_entry() -> FileAttr {
     }
 }
 
+/// The attributes sent with `.` and `..` in a readdirplus reply, which the kernel ignores.
+pub(super) fn dot_entry(ino: u64) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        kind: FileType::Directory,
+        ..negative_entry()
+    }
+}
+
 pub(super) fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
         TimeOrNow::Now => SetTime::Now,

@@ -45,6 +45,11 @@ pub(super) fn wanted_capabilities(fs: &LayerFs) -> Vec<(InitFlags, &'static str)
         ));
     }
     want.push((
+        InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+        "listings carry each entry's attributes where the kernel expects lookups to follow \
+         (a walk needs no LOOKUP per entry)",
+    ));
+    want.push((
         InitFlags::FUSE_PARALLEL_DIROPS,
         "lookups and listings in one directory run in parallel (the daemon locks names \
          per directory itself)",

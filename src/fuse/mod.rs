@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::debug;
 
@@ -24,7 +24,7 @@ use crate::fileops::SetAttr;
 use crate::namespace::NewObject;
 use crate::union::{Attr, Caller, LayerFs};
 
-use attrs::{decode_dev, file_attr, file_type, negative_entry, set_time};
+use attrs::{decode_dev, dot_entry, file_attr, file_type, negative_entry, set_time};
 pub use backing::Backings;
 pub use kernel::Notifications;
 use kernel::{open_flags, wanted_capabilities};
@@ -449,6 +449,61 @@ impl Filesystem for FuseFs {
             }
             Err(e) => reply.error(errno("readdir", e)),
         }
+    }
+
+    /// A listing with each entry's attributes, so a walk needs no LOOKUP per entry. Each
+    /// entry sent counts one kernel reference, as a lookup does; `.` and `..` count none
+    /// (the kernel takes none for them), and an entry that does not fit is not counted.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        debug!("readdirplus {} fh={} off={offset}", ino.0, fh.0);
+        let entries = match guard(|| self.0.readdir(fh.0, offset)) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(errno("readdirplus", e)),
+        };
+        for (next, e) in entries {
+            if e.name == "." || e.name == ".." {
+                if reply.add(
+                    INodeNo(e.ino),
+                    next,
+                    &e.name,
+                    &self.1,
+                    &dot_entry(e.ino),
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            let a = match guard(|| self.0.lookup(ino.0, &e.name)) {
+                Ok(a) => a,
+                // Gone since the listing was taken: left out, as a later listing would.
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(err) => {
+                    debug!("readdirplus {} {:?}: {err}", ino.0, e.name);
+                    break;
+                }
+            };
+            let full = reply.add(
+                INodeNo(a.ino),
+                next,
+                &e.name,
+                &self.1,
+                &file_attr(&a),
+                Generation(a.generation),
+            );
+            if full {
+                self.0.forget(a.ino, 1);
+                break;
+            }
+        }
+        reply.ok();
     }
 
     fn releasedir(
