@@ -9,6 +9,7 @@ use fuser::BackingId;
 use parking_lot::Mutex;
 
 use super::FuseFs;
+use crate::fileops::Opened;
 
 /// The kernel's backing files of passthrough handles: one `BackingId` per inode, shared by
 /// all its passthrough handles and closed with the last of them (the kernel wants one
@@ -64,15 +65,19 @@ impl Backings {
 }
 
 impl FuseFs {
-    /// The backing id for passthrough handle `fh` of `ino`, registered through `register`
-    /// if the inode has none; `None` if the kernel refused it (the handle and later opens
-    /// then take the cached path).
+    /// The backing id for the handle `opened` of `ino` if it passes data through,
+    /// registered through `register` if the inode has none; `None` for a cached handle, or
+    /// if the kernel refused it (the handle and later opens then take the cached path).
     pub(super) fn backing(
         &self,
         ino: u64,
-        fh: u64,
+        opened: Opened,
         register: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
+        if !opened.passthrough {
+            return None;
+        }
+        let fh = opened.fh;
         let r = self.2.attach(ino, fh, || {
             let h = self.0.open_handle(fh)?;
             let file = h.file();

@@ -114,6 +114,23 @@ fn reply_xattr(op: &str, r: io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
     }
 }
 
+impl FuseFs {
+    /// Creates `obj` as `name` in `parent` for the caller of `req` (with its `umask`).
+    fn create_as(
+        &self,
+        req: &Request,
+        umask: u32,
+        parent: INodeNo,
+        name: &OsStr,
+        obj: NewObject<'_>,
+    ) -> io::Result<Attr> {
+        guard(|| {
+            self.0
+                .create_object(parent.0, name, obj, caller(req, umask))
+        })
+    }
+}
+
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         for (flag, why) in wanted_capabilities(&self.0) {
@@ -227,10 +244,7 @@ impl Filesystem for FuseFs {
             mode,
             rdev: decode_dev(rdev),
         };
-        let r = guard(|| {
-            self.0
-                .create_object(parent.0, name, obj, caller(req, umask))
-        });
+        let r = self.create_as(req, umask, parent, name, obj);
         reply_entry("mknod", r, self.1, reply);
     }
 
@@ -244,11 +258,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         debug!("mkdir {} {name:?} {mode:o}", parent.0);
-        let r = guard(|| {
-            let obj = NewObject::Dir { mode };
-            self.0
-                .create_object(parent.0, name, obj, caller(req, umask))
-        });
+        let r = self.create_as(req, umask, parent, name, NewObject::Dir { mode });
         reply_entry("mkdir", r, self.1, reply);
     }
 
@@ -274,10 +284,7 @@ impl Filesystem for FuseFs {
         let obj = NewObject::Symlink {
             target: target.as_os_str(),
         };
-        let r = guard(|| {
-            self.0
-                .create_object(parent.0, link_name, obj, caller(req, 0))
-        });
+        let r = self.create_as(req, 0, parent, link_name, obj);
         reply_entry("symlink", r, self.1, reply);
     }
 
@@ -325,10 +332,7 @@ impl Filesystem for FuseFs {
             Ok(o) => {
                 let fh = FileHandle(o.fh);
                 let flags = open_flags(&self.0, o.keep_cache);
-                let id = o
-                    .passthrough
-                    .then(|| self.backing(ino.0, o.fh, |f| reply.open_backing(f)))
-                    .flatten();
+                let id = self.backing(ino.0, o, |f| reply.open_backing(f));
                 // Cache flags conflict with passthrough (the kernel answers EIO).
                 match id {
                     Some(id) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
@@ -611,25 +615,19 @@ impl Filesystem for FuseFs {
         reply: ReplyCreate,
     ) {
         debug!("create {} {name:?} {mode:o} {flags:#o}", parent.0);
-        let r = guard(|| {
-            let obj = NewObject::File { mode };
-            self.0
-                .create_object(parent.0, name, obj, caller(req, umask))
-        })
-        .and_then(|a| {
-            Ok((
-                a,
-                guard(|| self.0.open(a.ino, flags & !libc::O_TRUNC, None))?,
-            ))
-        });
+        let r = self
+            .create_as(req, umask, parent, name, NewObject::File { mode })
+            .and_then(|a| {
+                Ok((
+                    a,
+                    guard(|| self.0.open(a.ino, flags & !libc::O_TRUNC, None))?,
+                ))
+            });
         match r {
             Ok((a, o)) => {
                 let (attr, generation) = (file_attr(&a), Generation(a.generation));
                 let (fh, flags) = (FileHandle(o.fh), open_flags(&self.0, o.keep_cache));
-                let id = o
-                    .passthrough
-                    .then(|| self.backing(a.ino, o.fh, |f| reply.open_backing(f)))
-                    .flatten();
+                let id = self.backing(a.ino, o, |f| reply.open_backing(f));
                 match id {
                     Some(id) => {
                         let none = FopenFlags::empty();
