@@ -14,7 +14,7 @@ use std::path::Path;
 use crate::inode::{Ino, Inode, Place};
 use crate::layers::LayerId;
 use crate::sys;
-use crate::union::{LayerFs, is_enoent};
+use crate::union::{Attr, LayerFs, is_enoent};
 use crate::whiteout::{self, EntryRole};
 
 /// One entry of a merged listing.
@@ -24,6 +24,8 @@ pub struct MergedEntry {
     pub ino: Ino,
     /// `S_IFMT` bits.
     pub kind: u32,
+    /// The layer whose object the entry shows.
+    pub layer: LayerId,
 }
 
 /// One entry as read from one layer.
@@ -142,8 +144,42 @@ impl LayerFs {
                 ino: self.ino_for(lid, e.st_ino),
                 name: e.name,
                 kind: e.kind,
+                layer: lid,
             })
             .collect())
+    }
+
+    /// Looks up `e`, an entry of a listing of `parent` taken at names epoch `epoch`,
+    /// counting one kernel reference as [`Self::lookup`] does. While the listing is
+    /// current, a non-directory is found by one stat in the layer the listing took it
+    /// from (the merge has already ruled out whiteouts and the layers above); anything
+    /// else is resolved in full.
+    pub(crate) fn lookup_listed(
+        &self,
+        parent: &Arc<Inode>,
+        epoch: u64,
+        e: &MergedEntry,
+    ) -> io::Result<Attr> {
+        let _names = parent.names_shared();
+        if e.kind != libc::S_IFDIR && parent.names_epoch() == epoch {
+            let known_upper = self.node(e.ino).is_ok_and(|n| n.in_upper());
+            // A copied-up object listed from a lower is no longer what the name shows.
+            if self.layers.is_upper(e.layer) || !known_upper {
+                let dir = self.dir_fd(e.layer, parent)?;
+                let st = self.stat_at(e.layer, dir.as_fd(), &e.name)?;
+                // Another name of a lower hard link may have been copied up: in full.
+                let simple = self.layers.is_upper(e.layer) || st.st_nlink == 1;
+                if simple && self.ino_for(e.layer, st.st_ino) == e.ino {
+                    let place =
+                        Place::found(parent.ino, &e.name, e.layer, self.layers.is_upper(e.layer));
+                    let node = self
+                        .inodes
+                        .remember(e.ino, st.st_mode & libc::S_IFMT, place);
+                    return Ok(self.shown(&node, st));
+                }
+            }
+        }
+        self.lookup_in(parent, &e.name).map(|(_, a)| a)
     }
 
     /// Whether the directory at `path`, held by the layers of `place`, shows no entries.

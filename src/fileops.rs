@@ -13,7 +13,7 @@ use crate::copyup::CopyData;
 use crate::dirmerge::MergedEntry;
 use crate::handles::{OpenDir, OpenFile};
 use crate::inode::{Ino, Inode};
-use crate::options::Atime;
+use crate::options::{Atime, Passthrough};
 use crate::privs;
 use crate::sys::{self, SetTime, XattrTarget};
 use crate::union::Caller;
@@ -95,6 +95,7 @@ impl LayerFs {
         }
         if wants_write(flags) {
             self.layers.writable()?;
+            node.data_held()?;
             let data = if flags & libc::O_TRUNC != 0 {
                 CopyData::MetadataOnly
             } else {
@@ -108,8 +109,8 @@ impl LayerFs {
         {
             self.clear_privs_for_data(&node, file.as_fd(), &by, false)?;
         }
-        let wanted = on_upper && wants_write(flags) && self.passthrough_wanted(&file)?;
-        let (through, keep_cache) = node.start_io(wanted);
+        let wanted = self.passthrough_wanted(&file, on_upper, flags)?;
+        let (through, keep_cache) = node.start_io(wanted, on_upper, wants_write(flags))?;
         let fh = self
             .files
             .insert(OpenFile::new(node, file, on_upper, flags, through));
@@ -120,13 +121,20 @@ impl LayerFs {
         })
     }
 
-    /// Whether the upper `file`, opened for writing, may be passed through to the kernel:
-    /// passthrough is on, and the file has no setuid/setgid bit (a write passed through
-    /// does not reach the daemon, which clears those bits). Opens for reading only take
-    /// the cached path unless the inode is open for passthrough already: the kernel reads
-    /// a passed-through file without O_NOATIME, so reads would touch its access time.
-    fn passthrough_wanted(&self, file: &File) -> io::Result<bool> {
-        if !self.passthrough_on() {
+    /// Whether `file` (on the upper layer if `on_upper`), opened with `flags`, may be
+    /// passed through to the kernel: passthrough is on for it (by default only upper files
+    /// opened for writing: the kernel reads a passed-through file without O_NOATIME, so
+    /// reads would touch its access time, and a lower file cannot be replaced by its copy
+    /// under open handles), and it is a regular file without setuid/setgid bits (a write
+    /// passed through does not reach the daemon, which clears those bits). An open for
+    /// reading only follows the handles open already, if any.
+    fn passthrough_wanted(&self, file: &File, on_upper: bool, flags: i32) -> io::Result<bool> {
+        let wanted = match self.cfg.passthrough {
+            Passthrough::Off => false,
+            Passthrough::Writes => on_upper && wants_write(flags),
+            Passthrough::All => true,
+        };
+        if !wanted || !self.passthrough_on() {
             return Ok(false);
         }
         let st = sys::fstat(file.as_fd())?;
@@ -236,6 +244,9 @@ impl LayerFs {
         let node = self.node(ino)?;
         if !change.changes_anything() {
             return self.attr_of(&node);
+        }
+        if change.size.is_some() {
+            node.data_held()?;
         }
         let data = if change.size == Some(0) {
             CopyData::MetadataOnly
@@ -412,15 +423,16 @@ impl LayerFs {
         let entries = {
             let mut cached = h.entries.lock();
             match (&*cached, offset) {
-                (Some(e), o) if o != 0 => Arc::clone(e),
+                (Some((_, e)), o) if o != 0 => Arc::clone(e),
                 _ => {
                     if self.cfg.atime != Atime::Never && h.node.in_upper() {
                         let (dir, name) = self.parent_fd(0, &h.node)?;
                         let fd = self.upper_object(dir.as_fd(), &name, libc::O_PATH)?;
                         atime::accessed(self.cfg.atime, &h.node, fd.as_fd())?;
                     }
+                    let epoch = h.node.names_epoch();
                     let fresh = Arc::new(self.list_dir(&h.node)?);
-                    *cached = Some(Arc::clone(&fresh));
+                    *cached = Some((epoch, Arc::clone(&fresh)));
                     fresh
                 }
             }
@@ -431,11 +443,13 @@ impl LayerFs {
                 name: ".".into(),
                 ino: h.node.ino,
                 kind: libc::S_IFDIR,
+                layer: 0,
             },
             MergedEntry {
                 name: "..".into(),
                 ino: parent,
                 kind: libc::S_IFDIR,
+                layer: 0,
             },
         ];
         // One reply's worth at most (a FUSE readdir buffer holds far fewer than this), so
@@ -450,6 +464,17 @@ impl LayerFs {
             .enumerate()
             .map(|(i, e)| ((start + i) as u64 + 1, e))
             .collect())
+    }
+
+    /// Looks up entry `e` of the listing of directory handle `fh` (for a listing with
+    /// attributes), counting one kernel reference as a lookup does.
+    pub fn lookup_entry(&self, fh: u64, e: &MergedEntry) -> io::Result<Attr> {
+        let h = self.dirs.get(fh)?;
+        let epoch = h.entries.lock().as_ref().map(|(epoch, _)| *epoch);
+        match epoch {
+            Some(epoch) => self.lookup_listed(&h.node, epoch, e),
+            None => self.lookup(h.node.ino, &e.name),
+        }
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -88,7 +88,8 @@ impl OpenFile {
 #[derive(Debug)]
 pub struct OpenDir {
     pub node: Arc<Inode>,
-    pub entries: Mutex<Option<Arc<Vec<MergedEntry>>>>,
+    /// The listing read at offset 0, with the directory's names epoch when it was read.
+    pub entries: Mutex<Option<(u64, Arc<Vec<MergedEntry>>)>>,
 }
 
 /// Open handles of one kind, by the number handed to the kernel.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::layers::LayerId;
 
@@ -54,6 +54,21 @@ pub struct Place {
 }
 
 impl Place {
+    /// The place of an object found as `name` in `parent` in layer `layer` (the upper
+    /// when `upper`), before any layer below merges into it.
+    pub fn found(parent: Ino, name: &OsStr, layer: LayerId, upper: bool) -> Place {
+        Place {
+            parent,
+            name: name.to_os_string(),
+            upper,
+            lowers: if upper { Vec::new() } else { vec![layer] },
+            other_names: Vec::new(),
+            unlinked: false,
+            deleted: false,
+            held: None,
+        }
+    }
+
     /// The layer whose object the mount shows.
     pub fn top(&self) -> Option<LayerId> {
         if self.upper {
@@ -98,13 +113,28 @@ pub struct Inode {
     /// result, and exclusively while a name in it is created, removed or renamed. The
     /// kernel revalidates cached names without locking their directory, so without this
     /// a lookup could record an object that a concurrent unlink has just removed.
-    pub names: RwLock<()>,
+    names: RwLock<()>,
+    /// For a directory: bumped as each change of its names ends, so a listing taken at
+    /// one value is known current while the value holds.
+    names_epoch: AtomicU64,
     /// The change time the daemon's own last access-time update gave the upper object
     /// (setting atime also sets ctime, which the kernel's atime update does not): relatime
     /// does not count that change.
     pub atime_ctime: Mutex<Option<(i64, i64)>>,
     /// How the inode's open handles move data; see [`IoModes`].
     io: Mutex<IoModes>,
+}
+
+/// A change of a directory's names in progress (see [`Inode::names_changing`]).
+pub struct NamesChanging<'a> {
+    _guard: RwLockWriteGuard<'a, ()>,
+    epoch: &'a AtomicU64,
+}
+
+impl Drop for NamesChanging<'_> {
+    fn drop(&mut self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// The open handles of an inode by data path, and whether pages the kernel cached for it
@@ -114,6 +144,9 @@ pub struct Inode {
 struct IoModes {
     cached: u32,
     through: u32,
+    /// The passthrough handles read a lower object: the kernel holds it as the inode's
+    /// one backing file, so the data must not change until they close.
+    through_lower: bool,
     pages_stale: bool,
 }
 
@@ -130,7 +163,14 @@ impl Inode {
     /// Counts a new open handle and says how it moves data: `(passed through, the kernel
     /// may keep the pages it cached)`. It follows the handles already open, if any (the
     /// kernel refuses an inode opened both ways at once, ETXTBSY), else `wanted`.
-    pub fn start_io(&self, wanted: bool) -> (bool, bool) {
+    /// `on_upper` says where the handle's file is, `writing` whether it may change data:
+    /// a handle that writes cannot join passthrough handles reading a lower (ETXTBSY).
+    pub fn start_io(
+        &self,
+        wanted: bool,
+        on_upper: bool,
+        writing: bool,
+    ) -> io::Result<(bool, bool)> {
         let mut io = self.io.lock();
         let through = match (io.cached, io.through) {
             (0, 0) => wanted,
@@ -138,14 +178,29 @@ impl Inode {
             _ => true,
         };
         if through {
+            if io.through == 0 {
+                io.through_lower = !on_upper;
+            } else if io.through_lower && writing {
+                return Err(io::Error::from_raw_os_error(libc::ETXTBSY));
+            }
             io.through += 1;
             // Writes passed through do not reach the inode's page cache.
             io.pages_stale = true;
-            return (true, false);
+            return Ok((true, false));
         }
         io.cached += 1;
         let keep = !std::mem::take(&mut io.pages_stale);
-        (false, keep)
+        Ok((false, keep))
+    }
+
+    /// Whether the inode's data is held unchanged for passthrough handles reading its
+    /// lower object (see [`IoModes::through_lower`]): a change of it must fail, ETXTBSY.
+    pub fn data_held(&self) -> io::Result<()> {
+        let io = self.io.lock();
+        if io.through > 0 && io.through_lower {
+            return Err(io::Error::from_raw_os_error(libc::ETXTBSY));
+        }
+        Ok(())
     }
 
     /// A handle counted by [`Self::start_io`] went away.
@@ -156,6 +211,9 @@ impl Inode {
         } else {
             io.cached = io.cached.saturating_sub(1);
         }
+        if io.through == 0 {
+            io.through_lower = false;
+        }
     }
 
     /// A handle counted as passing data through falls back to the cached path (its
@@ -164,6 +222,29 @@ impl Inode {
         let mut io = self.io.lock();
         io.through = io.through.saturating_sub(1);
         io.cached += 1;
+        if io.through == 0 {
+            io.through_lower = false;
+        }
+    }
+
+    /// Held while resolving a name in this directory and recording the result.
+    pub fn names_shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.names.read()
+    }
+
+    /// Held while a name in this directory is created, removed or renamed; the names'
+    /// epoch moves on when the guard goes.
+    pub fn names_changing(&self) -> NamesChanging<'_> {
+        NamesChanging {
+            _guard: self.names.write(),
+            epoch: &self.names_epoch,
+        }
+    }
+
+    /// The epoch of this directory's names (see [`Self::names_changing`]): read it before
+    /// listing the directory, and the listing is current while it is unchanged.
+    pub fn names_epoch(&self) -> u64 {
+        self.names_epoch.load(Ordering::Acquire)
     }
 
     /// See the field: tells this `Inode` value apart from any other with the same number.
@@ -323,6 +404,7 @@ impl InodeTable {
                 copy_lock: Mutex::new(()),
                 pinned: AtomicBool::new(false),
                 names: RwLock::new(()),
+                names_epoch: AtomicU64::new(0),
                 atime_ctime: Mutex::new(None),
                 io: Mutex::new(IoModes::default()),
             }),
@@ -352,6 +434,7 @@ impl InodeTable {
                 copy_lock: Mutex::new(()),
                 pinned: AtomicBool::new(false),
                 names: RwLock::new(()),
+                names_epoch: AtomicU64::new(0),
                 atime_ctime: Mutex::new(None),
                 io: Mutex::new(IoModes::default()),
             })
@@ -385,6 +468,7 @@ impl InodeTable {
             copy_lock: Mutex::new(()),
             pinned: AtomicBool::new(false),
             names: RwLock::new(()),
+            names_epoch: AtomicU64::new(0),
             atime_ctime: Mutex::new(None),
             io: Mutex::new(IoModes::default()),
         })

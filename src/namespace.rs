@@ -177,7 +177,7 @@ impl LayerFs {
         caller: Caller,
     ) -> io::Result<Attr> {
         let parent = self.node(parent)?;
-        let _names = parent.names.write();
+        let _names = parent.names_changing();
         let slot = self.slot(&parent, name)?;
         let pst = self.stat_at(0, slot.dir.as_fd(), OsStr::new(""))?;
         let (fmt, mode) = match object {
@@ -251,7 +251,7 @@ impl LayerFs {
             return Err(errno(libc::EPERM));
         }
         let newparent = self.node(newparent)?;
-        let _names = newparent.names.write();
+        let _names = newparent.names_changing();
         self.copy_up(&node, CopyData::Full)?;
         let slot = self.slot(&newparent, newname)?;
         let (src_dir, src_name) = self.parent_fd(0, &node)?;
@@ -324,7 +324,7 @@ impl LayerFs {
     fn remove(&self, parent: Ino, name: &OsStr, want_dir: bool) -> io::Result<()> {
         let upper = self.layers.writable()?;
         let parent = self.node(parent)?;
-        let _names = parent.names.write();
+        let _names = parent.names_changing();
         let (mut st, mut place) = self.existing(&parent, name)?;
         let ino = self.ino_of(&st, &place)?;
         let node = self.node(ino).ok();
@@ -426,8 +426,8 @@ impl LayerFs {
         } else {
             (&newparent, &parent)
         };
-        let _names = first.names.write();
-        let _names2 = (first.ino != second.ino).then(|| second.names.write());
+        let _names = first.names_changing();
+        let _names2 = (first.ino != second.ino).then(|| second.names_changing());
         let (sst, splace) = self.existing(&parent, name)?;
         let mut dst = self.found(&newparent, newname)?;
         if dst.is_none() {

@@ -75,10 +75,26 @@ pub struct MountSpec {
     pub timeout: std::time::Duration,
     /// `noxattrs=1`: extended attributes are not supported through the mount.
     pub xattrs: bool,
-    /// `passthrough=off`: file data always goes through the daemon (the page cache path).
-    pub passthrough: bool,
+    /// `passthrough=`: which opens pass file data straight to the kernel.
+    pub passthrough: Passthrough,
     /// `xattr_permissions=1|2`: the upper keeps owner and mode in this xattr.
     pub xattr_permissions: Option<OverrideXattr>,
+}
+
+/// Which opens pass file data straight between the kernel and a layer's file (FUSE
+/// passthrough), so it never crosses into the daemon (`passthrough=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Passthrough {
+    /// `off`: all file data goes through the daemon and the mount's page cache.
+    Off,
+    /// `on`, the default: upper files opened for writing.
+    Writes,
+    /// `all`: also files opened only for reading, lower files included, whose pages are
+    /// then the image's own, cached once however many mounts read them. While a lower
+    /// file is open so, its data cannot change (the kernel keeps one backing file per
+    /// inode): opening it for writing or truncating it fails with ETXTBSY until those
+    /// handles close, and reads update its access time as the lower's own mount says.
+    All,
 }
 
 /// The default kernel cache timeout for entries and attributes: as good as forever, since
@@ -198,7 +214,7 @@ impl MountSpec {
             owners: Owners::default(),
             timeout: DEFAULT_TIMEOUT,
             xattrs: true,
-            passthrough: true,
+            passthrough: Passthrough::Writes,
             xattr_permissions: None,
         }
     }
@@ -357,9 +373,14 @@ impl MountSpec {
                 }
             }
             "passthrough" => match text(value)?.as_str() {
-                "on" | "1" => self.passthrough = true,
-                "off" | "0" => self.passthrough = false,
-                v => return usage(format!("option 'passthrough' takes on or off, not '{v}'")),
+                "on" | "1" => self.passthrough = Passthrough::Writes,
+                "off" | "0" => self.passthrough = Passthrough::Off,
+                "all" => self.passthrough = Passthrough::All,
+                v => {
+                    return usage(format!(
+                        "option 'passthrough' takes on, off or all, not '{v}'"
+                    ));
+                }
             },
             "noxattrs" => match text(value)?.as_str() {
                 "0" => self.xattrs = true,
@@ -609,7 +630,18 @@ mod tests {
         assert!(spec("lowerdir=/a,xattr_permissions=3").is_err());
         assert!(spec("lowerdir=/a,xattr_permissions").is_err());
         assert!(spec("lowerdir=/a,passthrough=maybe").is_err());
-        assert!(!spec("lowerdir=/a,passthrough=off").unwrap().passthrough);
+        assert_eq!(
+            spec("lowerdir=/a,passthrough=off").unwrap().passthrough,
+            Passthrough::Off
+        );
+        assert_eq!(
+            spec("lowerdir=/a,passthrough=all").unwrap().passthrough,
+            Passthrough::All
+        );
+        assert_eq!(
+            spec("lowerdir=/a").unwrap().passthrough,
+            Passthrough::Writes
+        );
         assert!(spec("lowerdir=/a,redirect_dir=on").is_err());
         assert!(spec("upperdir=/u").unwrap().check().is_err());
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::atime;
 use crate::creds;
 use crate::layers::Layers;
-use crate::options::{Atime, MountFlags, MountSpec, UsageError};
+use crate::options::{Atime, MountFlags, MountSpec, Passthrough, UsageError};
 use crate::statoverride::{OverrideXattr, StatOverride};
 use crate::sys;
 use crate::union::FsConfig;
@@ -221,9 +221,9 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
     })
 }
 
-/// Whether file data may pass through to the kernel, decided (and said) once at mount.
-fn passthrough(spec: &MountSpec, flags: &MountFlags) -> bool {
-    let why_not = if !spec.passthrough {
+/// Which file data may pass through to the kernel, decided (and said) once at mount.
+fn passthrough(spec: &MountSpec, flags: &MountFlags) -> Passthrough {
+    let why_not = if spec.passthrough == Passthrough::Off {
         Some("passthrough=off")
     } else if flags.atime != Atime::Never {
         Some("the daemon records access times under relatime/strictatime")
@@ -234,8 +234,9 @@ fn passthrough(spec: &MountSpec, flags: &MountFlags) -> bool {
     };
     if let Some(why) = why_not {
         log::info!("passthrough off ({why}): file data goes through the daemon");
+        return Passthrough::Off;
     }
-    why_not.is_none()
+    spec.passthrough
 }
 
 fn private_dir(recursive: bool) -> std::fs::DirBuilder {

@@ -21,7 +21,7 @@ use crate::handles::{HandleTable, OpenDir, OpenFile};
 use crate::idmap::Owners;
 use crate::inode::{Ino, Inode, InodeTable, Place, ROOT};
 use crate::layers::{LayerId, Layers};
-use crate::options::Atime;
+use crate::options::{Atime, Passthrough};
 use crate::sys::{self, Stat, XattrTarget};
 use crate::whiteout::{self, WhiteoutFormat, XattrNs};
 use crate::workdir::WorkDir;
@@ -42,10 +42,10 @@ pub struct FsConfig {
     /// When reads update the access time of upper objects (`noatime`, `relatime`,
     /// `strictatime`; the kernel leaves atime of a FUSE mount to the daemon).
     pub atime: Atime,
-    /// Whether upper files may be passed through to the kernel (FUSE passthrough); off
-    /// for `passthrough=off` and under relatime/strictatime (whose reads the daemon must
-    /// see).
-    pub passthrough: bool,
+    /// Which files may be passed through to the kernel (FUSE passthrough); off for
+    /// `passthrough=off`, under relatime/strictatime (whose reads the daemon must see)
+    /// and where the kernel would refuse it.
+    pub passthrough: Passthrough,
 }
 
 impl Default for FsConfig {
@@ -57,7 +57,7 @@ impl Default for FsConfig {
             owners: Owners::default(),
             xattrs: true,
             atime: Atime::Never,
-            passthrough: false,
+            passthrough: Passthrough::Off,
         }
     }
 }
@@ -170,7 +170,7 @@ pub type KernelSlot = Arc<OnceLock<Box<dyn KernelCache>>>;
 impl LayerFs {
     /// A union over `layers`; `work` is required when there is an upper layer.
     pub fn new(layers: Layers, work: Option<WorkDir>, cfg: FsConfig) -> io::Result<Self> {
-        let passthrough = cfg.passthrough;
+        let passthrough = cfg.passthrough != Passthrough::Off;
         if layers.upper().is_some() && work.is_none() {
             return Err(errno(libc::EINVAL));
         }
@@ -371,20 +371,7 @@ impl LayerFs {
                 None => {
                     let mut st = st;
                     self.apply_override(lid, || XattrTarget::at(dir.as_fd(), name), &mut st)?;
-                    let place = Place {
-                        parent: parent.ino,
-                        name: name.to_os_string(),
-                        upper: self.layers.is_upper(lid),
-                        lowers: if self.layers.is_upper(lid) {
-                            Vec::new()
-                        } else {
-                            vec![lid]
-                        },
-                        other_names: Vec::new(),
-                        unlinked: false,
-                        deleted: false,
-                        held: None,
-                    };
+                    let place = Place::found(parent.ino, name, lid, self.layers.is_upper(lid));
                     let dir_here = is_dir(&st);
                     found = Some((st, place));
                     if !dir_here || last || whiteout::is_opaque(dir.as_fd(), name)? {
@@ -414,7 +401,7 @@ impl LayerFs {
     /// Looks up `name` in `parent`, counting one kernel reference on success.
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> io::Result<Attr> {
         let parent = self.node(parent)?;
-        let _names = parent.names.read();
+        let _names = parent.names_shared();
         self.lookup_in(&parent, name).map(|(_, a)| a)
     }
 
@@ -516,7 +503,7 @@ impl LayerFs {
 
     /// The stat the mount shows: the union's inode number, mapped owners, and nlink 1 for
     /// a merged directory, as kernel overlayfs reports.
-    fn shown(&self, node: &Inode, mut st: Stat) -> Attr {
+    pub(crate) fn shown(&self, node: &Inode, mut st: Stat) -> Attr {
         st.st_ino = node.ino;
         (st.st_uid, st.st_gid) = self.cfg.owners.show(st.st_uid, st.st_gid);
         if node.is_dir() && node.layer_count() > 1 {

@@ -559,7 +559,10 @@ fn upper_removed_while_mounted() {
 }
 
 /// A lower directory removed under a live mount (which overlayfs leaves undefined):
-/// layerfs answers as a fresh kernel overlayfs mount of the changed layers would.
+/// layerfs answers as a fresh kernel overlayfs mount of the changed layers would, except
+/// that the listing of `d`, taken before, is still the kernel's cached one (the daemon
+/// never changes a listing on its own, so the kernel keeps listings until the directory
+/// changes through the mount).
 #[test]
 fn lower_directory_removed_while_mounted() {
     require_fuse!();
@@ -567,7 +570,10 @@ fn lower_directory_removed_while_mounted() {
     let k = Fixture::new(1);
     removal_setup(&k);
     gone(&k);
-    let kernel = after_removal(&k.kernel_mount().path);
+    let mut kernel = after_removal(&k.kernel_mount().path);
+    let listed = kernel.iter_mut().find(|(op, _)| *op == "list d").unwrap();
+    assert_eq!(listed.1, "ok 1");
+    listed.1 = "ok 3".into();
     assert_eq!(
         layerfs_after(gone),
         kernel,

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 
 /// Writes and reads through the mount with `opts`; returns the WRITE and READ requests the
 /// daemon saw for the upper file.
@@ -80,4 +80,82 @@ fn cached_pages_do_not_outlive_a_passthrough_write() {
     let mut got = vec![0u8; 12];
     reader.read_exact_at(&mut got, 0).unwrap();
     assert_eq!(&got, b"NEW xyztent\n");
+}
+
+/// `passthrough=all`: reads of a lower file go straight to the lower (no READ reaches the
+/// daemon). While it is open so, its data is held: an open for writing and a truncate
+/// fail with ETXTBSY, and a metadata change (a copy-up of the same data) and another open
+/// for reading still work. Once the readers close, a write copies it up as usual, and
+/// the lower file is never changed.
+#[test]
+fn all_passes_lower_reads_through_and_holds_their_data() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    put(f.lower(0), "f", "lower data\n");
+    let log = f.dir.path().join("daemon.log");
+    let mut c = f.mount_command();
+    c.args(["-o", "passthrough=all"]);
+    let (mut daemon, m) = f.spawn_logged(c, "layerfs=debug", &log);
+    let reader = fs::File::open(m.p("f")).unwrap();
+    let mut got = vec![0u8; 11];
+    reader.read_exact_at(&mut got, 0).unwrap();
+    assert_eq!(got, b"lower data\n");
+    let busy = fs::OpenOptions::new()
+        .write(true)
+        .open(m.p("f"))
+        .unwrap_err();
+    assert_eq!(busy.raw_os_error(), Some(libc::ETXTBSY), "open for writing");
+    let busy = fs::OpenOptions::new()
+        .write(true)
+        .open(m.p("f"))
+        .unwrap_err();
+    assert_eq!(
+        busy.raw_os_error(),
+        Some(libc::ETXTBSY),
+        "open for writing again"
+    );
+    let busy = run(
+        "truncate",
+        &["-s".as_ref(), "3".as_ref(), m.p("f").as_os_str()],
+    );
+    let said = String::from_utf8_lossy(&busy.stderr);
+    assert!(said.contains("Text file busy"), "truncate: {said}");
+    fs::set_permissions(m.p("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(read(m.p("f")), "lower data\n");
+    drop(reader);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.p("f"))
+        .unwrap()
+        .write_all(b"more\n")
+        .unwrap();
+    assert_eq!(read(m.p("f")), "lower data\nmore\n");
+    assert_eq!(read(f.lower(0).join("f")), "lower data\n");
+    assert_eq!(read(f.upper.join("f")), "lower data\nmore\n");
+    drop(m);
+    daemon.wait().unwrap();
+    let text = fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().filter(|l| l.contains("] read ")).count(), 0);
+}
+
+/// By default a read-only fd of a lower file reads the file's new data after another fd
+/// copied it up and wrote it, as on kernel overlayfs (read-only opens are not passed
+/// through there, since a passthrough handle cannot move to the copy).
+#[test]
+fn by_default_a_reader_of_a_lower_file_sees_its_copy_up() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    put(f.lower(0), "f", "old\n");
+    let m = f.mount();
+    let reader = fs::File::open(m.p("f")).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.p("f"))
+        .unwrap()
+        .write_all(b"new\n")
+        .unwrap();
+    let mut got = vec![0u8; 4];
+    reader.read_exact_at(&mut got, 0).unwrap();
+    assert_eq!(got, b"new\n");
 }

@@ -197,3 +197,79 @@ fn a_walk_needs_no_lookups_and_leaks_no_references() {
             .join("\n")
     );
 }
+
+/// The kernel keeps a directory's listing (FOPEN_CACHE_DIR): listing it again makes no
+/// READDIR request until the directory changes through the mount; after a change the
+/// next listing is fresh and shows it.
+#[test]
+fn a_listing_again_is_served_by_the_kernel_until_the_directory_changes() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    for i in 0..50 {
+        put(f.lower(0), &format!("d/f{i}"), "");
+    }
+    let log = f.dir.path().join("daemon.log");
+    let (mut daemon, m) = f.spawn_logged(f.mount_command(), "layerfs=debug", &log);
+    let listings = || {
+        let text = fs::read_to_string(&log).unwrap();
+        text.lines()
+            .filter(|l| l.contains("] readdir ") || l.contains("] readdirplus "))
+            .count()
+    };
+    assert_eq!(listing(&m.p("d")).len(), 50);
+    let first = listings();
+    assert!(first > 0, "no listing request");
+    assert_eq!(listing(&m.p("d")).len(), 50);
+    assert_eq!(listing(&m.p("d")).len(), 50);
+    assert_eq!(listings(), first, "a repeated listing reached the daemon");
+    fs::remove_file(m.p("d/f7")).unwrap();
+    fs::write(m.p("d/new"), "").unwrap();
+    let now = listing(&m.p("d"));
+    assert!(
+        listings() > first,
+        "the listing after a change was not fresh"
+    );
+    assert_eq!(now.len(), 50);
+    assert!(now.contains(&"new".into()) && !now.contains(&"f7".into()));
+    drop(m);
+    daemon.wait().unwrap();
+}
+
+/// A lower entry removed while a listing is half read stays removed, also when the rest
+/// of the listing carries attributes (as after a stat of an entry, like `ls -l`): the
+/// entries still to come are not taken from the listing's cheap path (one stat in the
+/// layer it was listed from) once the directory changed. (Whether the removed name is
+/// still listed is unspecified, as for any directory; kernel overlayfs lists it.)
+#[test]
+fn an_entry_removed_during_a_listing_is_not_brought_back() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    for i in 0..3000 {
+        put(f.lower(0), &format!("d/a-long-enough-name-{i:05}"), "");
+    }
+    // The daemon lists the lower in the order it reads it: the last name comes last.
+    let last = fs::read_dir(f.lower(0).join("d"))
+        .unwrap()
+        .last()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let m = f.mount();
+    // The C library reads 32 KiB of entries at a time: a few hundred of the 3,000.
+    let mut listing = fs::read_dir(m.p("d")).unwrap();
+    let first = listing.next().unwrap().unwrap();
+    assert_ne!(first.file_name(), last);
+    fs::symlink_metadata(first.path()).unwrap();
+    fs::remove_file(m.p("d").join(&last)).unwrap();
+    let mut rest = 0;
+    for e in listing {
+        let e = e.unwrap();
+        if e.file_name() != last {
+            fs::symlink_metadata(e.path()).unwrap();
+        }
+        rest += 1;
+    }
+    assert!(rest >= 3000 - 2, "{rest} entries after the first");
+    let e = fs::symlink_metadata(m.p("d").join(&last)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+}

@@ -11,7 +11,8 @@
 # --quick: smaller sizes (a 3-minute run). Needs root, fio, and a release build.
 # BASE_LAYERFS=PATH adds a target "layerfs-base" run by another layerfs binary (an older
 # build), for before/after figures from one interleaved run. "layerfs-nopassthrough" is
-# layerfs with passthrough=off (the path rootless engines get).
+# layerfs with passthrough=off (the path rootless engines get); "layerfs-all" is
+# passthrough=all (read-only opens of lower files passed through too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -32,7 +33,7 @@ LAYERFS=$ROOT/target/release/layerfs
 [ -x "$LAYERFS" ] || cargo build --release --quiet
 FOV2=${FOV2:-$HOME/.cache/layerfs-bench/bin/fuse-overlayfs}
 if [ -z "$TARGETS" ]; then
-  TARGETS="native kernel layerfs layerfs-nopassthrough"
+  TARGETS="native kernel layerfs layerfs-all layerfs-nopassthrough"
   command -v fuse-overlayfs >/dev/null && TARGETS="$TARGETS fuse-overlayfs-1"
   [ -x "$FOV2" ] && TARGETS="$TARGETS fuse-overlayfs-2"
   [ -n "${BASE_LAYERFS:-}" ] && TARGETS="$TARGETS layerfs-base"
@@ -92,6 +93,7 @@ mount_target() {
     layerfs) "$LAYERFS" -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" ;;
     layerfs-base) "$BASE_LAYERFS" -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" ;;
     layerfs-nopassthrough) "$LAYERFS" -o "lowerdir=$lower,upperdir=$upper,workdir=$work,passthrough=off" "$MNT" ;;
+    layerfs-all) "$LAYERFS" -o "lowerdir=$lower,upperdir=$upper,workdir=$work,passthrough=all" "$MNT" ;;
     fuse-overlayfs-1) fuse-overlayfs -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" 2>/dev/null ;;
     fuse-overlayfs-2) "$FOV2" -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" 2>/dev/null ;;
   esac
@@ -162,6 +164,7 @@ page_cache() {
       layerfs) "$LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" ;;
       layerfs-base) "$BASE_LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" ;;
       layerfs-nopassthrough) "$LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" -o passthrough=off ;;
+      layerfs-all) "$LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" -o passthrough=all ;;
       fuse-overlayfs-1) fuse-overlayfs -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i" "$m" 2>/dev/null ;;
       fuse-overlayfs-2) "$FOV2" -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i" "$m" 2>/dev/null ;;
     esac

@@ -32,6 +32,18 @@ pub(super) fn open_flags(fs: &LayerFs, keep: bool) -> FopenFlags {
     }
 }
 
+/// How the kernel may cache a directory's listing: kept, and served without a READDIR,
+/// until the directory changes through this mount (the kernel drops it then; the
+/// daemon never changes a listing on its own), unless relatime/strictatime want listings
+/// to reach the daemon, which records the accesses.
+pub(super) fn opendir_flags(fs: &LayerFs) -> FopenFlags {
+    if fs.cfg.atime == Atime::Never {
+        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 /// The capabilities layerfs asks the kernel for, each with why. Negotiated in one place.
 pub(super) fn wanted_capabilities(fs: &LayerFs) -> Vec<(InitFlags, &'static str)> {
     let mut want = vec![(

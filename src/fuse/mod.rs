@@ -428,7 +428,7 @@ impl Filesystem for FuseFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         debug!("opendir {}", ino.0);
         match guard(|| self.0.opendir(ino.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), kernel::opendir_flags(&self.0)),
             Err(e) => reply.error(errno("opendir", e)),
         }
     }
@@ -485,7 +485,7 @@ impl Filesystem for FuseFs {
                 }
                 continue;
             }
-            let a = match guard(|| self.0.lookup(ino.0, &e.name)) {
+            let a = match guard(|| self.0.lookup_entry(fh.0, &e)) {
                 Ok(a) => a,
                 // Gone since the listing was taken: left out, as a later listing would.
                 Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
