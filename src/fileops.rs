@@ -82,7 +82,16 @@ impl LayerFs {
             self.same_object(node, top, st)?;
             Arc::new(path)
         };
-        let file = sys::reopen_noatime(fd.as_fd(), flags & !(STRIP_FLAGS | libc::O_NOFOLLOW))?;
+        let mut flags = flags & !(STRIP_FLAGS | libc::O_NOFOLLOW);
+        if self.writeback_on() {
+            // The kernel's writeback cache reads pages in to fill them, also through a
+            // write-only handle, and writes at offsets it chose itself (O_APPEND included).
+            if flags & libc::O_ACCMODE == libc::O_WRONLY {
+                flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+            flags &= !libc::O_APPEND;
+        }
+        let file = sys::reopen_noatime(fd.as_fd(), flags)?;
         Ok((File::from(file), place.upper))
     }
 

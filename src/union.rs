@@ -154,6 +154,9 @@ pub struct LayerFs {
     dirfds: DirFds,
     /// Whether new opens of upper files may pass through (cleared when the kernel cannot).
     passthrough: AtomicBool,
+    /// Whether the kernel caches writes (FUSE writeback cache, taken where passthrough is
+    /// not had): set once, at FUSE init, before any open.
+    writeback: AtomicBool,
     /// The kernel's caches, once a FUSE session serves this core (unset when it runs alone).
     kernel: KernelSlot,
 }
@@ -201,6 +204,7 @@ impl LayerFs {
             aliases: DashMap::new(),
             dirfds: DirFds::default(),
             passthrough: AtomicBool::new(passthrough),
+            writeback: AtomicBool::new(false),
             kernel: KernelSlot::default(),
         })
     }
@@ -208,6 +212,16 @@ impl LayerFs {
     /// Whether new opens of upper files pass their data through to the kernel.
     pub fn passthrough_on(&self) -> bool {
         self.passthrough.load(Ordering::Acquire)
+    }
+
+    /// Whether the kernel caches writes and flushes them later (see the field).
+    pub fn writeback_on(&self) -> bool {
+        self.writeback.load(Ordering::Acquire)
+    }
+
+    /// The kernel caches writes from now on (said at FUSE init, before any open).
+    pub fn enable_writeback(&self) {
+        self.writeback.store(true, Ordering::Release);
     }
 
     /// No passthrough from now on (the kernel does not offer it or refused a file); logged

@@ -159,3 +159,67 @@ fn by_default_a_reader_of_a_lower_file_sees_its_copy_up() {
     reader.read_exact_at(&mut got, 0).unwrap();
     assert_eq!(got, b"new\n");
 }
+
+/// Without passthrough (`passthrough=off`, what rootless mounts get) the kernel's writeback
+/// cache gathers writes: a thousand 4 KiB writes reach the daemon as a few large WRITEs.
+/// Appends, a write into the middle of a lower file's page through a write-only handle
+/// (the kernel reads the page in through it), and a setuid bit that an unprivileged
+/// writer clears come out as they do without the cache.
+#[test]
+fn without_passthrough_the_writeback_cache_gathers_writes() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    put(f.lower(0), "lower", "0123456789abcdef\n");
+    let log = f.dir.path().join("daemon.log");
+    let mut c = f.mount_command();
+    c.args(["-o", "passthrough=off"]);
+    let (mut daemon, m) = f.spawn_logged(c, "layerfs=debug", &log);
+    let mut w = fs::File::create(m.p("new")).unwrap();
+    for i in 0..1000u32 {
+        w.write_all(&[(i % 251) as u8; 4096]).unwrap();
+    }
+    drop(w);
+    let back = fs::read(m.p("new")).unwrap();
+    assert_eq!(back.len(), 4096 * 1000);
+    assert!(
+        back.chunks(4096)
+            .enumerate()
+            .all(|(i, c)| c[0] == (i % 251) as u8)
+    );
+    let mut a = fs::OpenOptions::new()
+        .append(true)
+        .open(m.p("lower"))
+        .unwrap();
+    a.write_all(b"one\n").unwrap();
+    a.write_all(b"two\n").unwrap();
+    drop(a);
+    let w = fs::OpenOptions::new()
+        .write(true)
+        .open(m.p("lower"))
+        .unwrap();
+    w.write_all_at(b"XY", 4).unwrap();
+    drop(w);
+    assert_eq!(read(m.p("lower")), "0123XY6789abcdef\none\ntwo\n");
+    fs::write(m.p("setuid"), "x").unwrap();
+    fs::set_permissions(m.p("setuid"), fs::Permissions::from_mode(0o4777)).unwrap();
+    let out = as_uid_1000()
+        .args(["sh", "-c", "printf y >> \"$0\""])
+        .arg(m.p("setuid"))
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert_eq!(read(m.p("setuid")), "xy");
+    let mode = fs::metadata(m.p("setuid")).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o7777,
+        0o777,
+        "setuid not cleared by uid 1000's write"
+    );
+    drop(m);
+    daemon.wait().unwrap();
+    assert_eq!(read(f.upper.join("lower")), "0123XY6789abcdef\none\ntwo\n");
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.contains("writeback cache on"), "no writeback cache");
+    let writes = text.lines().filter(|l| l.contains("] write ")).count();
+    assert!(writes < 100, "{writes} WRITE requests for 1,000 writes");
+}

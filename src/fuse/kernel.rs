@@ -1,7 +1,7 @@
 //! What layerfs negotiates with the kernel (in one place, each with why), how it lets the
 //! kernel cache file pages, and how the core tells the kernel about changes it made itself.
 
-use fuser::{FopenFlags, INodeNo, InitFlags, Notifier};
+use fuser::{FopenFlags, INodeNo, InitFlags, KernelConfig, Notifier};
 use log::debug;
 
 use crate::options::Atime;
@@ -41,6 +41,44 @@ pub(super) fn opendir_flags(fs: &LayerFs) -> FopenFlags {
         FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
     } else {
         FopenFlags::empty()
+    }
+}
+
+/// Negotiates with the kernel at FUSE init: the capabilities below, then passthrough if
+/// the mount wants it, else the writeback cache (the two exclude each other).
+pub(super) fn negotiate(fs: &LayerFs, config: &mut KernelConfig) {
+    for (flag, why) in wanted_capabilities(fs) {
+        match config.add_capabilities(flag) {
+            Ok(()) => debug!("negotiated {flag:?}: {why}"),
+            Err(_) => log::warn!("the kernel does not offer {flag:?}; so not: {why}"),
+        }
+    }
+    // Passthrough: upper files handed to the kernel, so their data never crosses into
+    // the daemon. Backing files must not be on a stacked filesystem (depth 1), so that
+    // this mount can still be a layer of an overlay.
+    if fs.passthrough_on() {
+        let offered = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        if offered {
+            log::info!("passthrough on: upper files' data goes straight to the kernel");
+        } else {
+            log::warn!("the kernel does not offer FUSE passthrough");
+            fs.disable_passthrough();
+        }
+    }
+    // Not under relatime/strictatime: the kernel reads pages in to fill partial writes,
+    // and the daemon would record those reads as accesses.
+    if !fs.passthrough_on() && fs.cfg.atime == Atime::Never {
+        match config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE) {
+            Ok(()) => {
+                fs.enable_writeback();
+                log::info!(
+                    "writeback cache on: writes are gathered in the kernel's page cache \
+                     and reach the daemon in large blocks (passthrough excludes it)"
+                );
+            }
+            Err(_) => log::warn!("the kernel does not offer the writeback cache"),
+        }
     }
 }
 

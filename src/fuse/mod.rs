@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
@@ -27,7 +27,7 @@ use crate::union::{Attr, Caller, LayerFs};
 use attrs::{decode_dev, dot_entry, file_attr, file_type, negative_entry, set_time};
 pub use backing::Backings;
 pub use kernel::Notifications;
-use kernel::{open_flags, wanted_capabilities};
+use kernel::open_flags;
 
 /// A `LayerFs` served over FUSE, with how long the kernel may cache entries and
 /// attributes (every change goes through the daemon, so the cache stays coherent), and the
@@ -133,25 +133,7 @@ impl FuseFs {
 
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        for (flag, why) in wanted_capabilities(&self.0) {
-            match config.add_capabilities(flag) {
-                Ok(()) => debug!("negotiated {flag:?}: {why}"),
-                Err(_) => log::warn!("the kernel does not offer {flag:?}; so not: {why}"),
-            }
-        }
-        // Passthrough: upper files handed to the kernel, so their data never crosses into
-        // the daemon. Backing files must not be on a stacked filesystem (depth 1), so that
-        // this mount can still be a layer of an overlay.
-        if self.0.passthrough_on() {
-            let offered = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-                && config.set_max_stack_depth(1).is_ok();
-            if offered {
-                log::info!("passthrough on: upper files' data goes straight to the kernel");
-            } else {
-                log::warn!("the kernel does not offer FUSE passthrough");
-                self.0.disable_passthrough();
-            }
-        }
+        kernel::negotiate(&self.0, config);
         Ok(())
     }
 
