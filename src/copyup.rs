@@ -62,7 +62,7 @@ impl LayerFs {
             .build_copy(&src, &shown, work.fd(), &tmp, data)
             .and_then(|()| {
                 let new = sys::fstatat(work.fd(), &tmp)?;
-                self.aliases.insert(new.st_ino, node.ino);
+                self.numbers.keep(new.st_ino, node.ino);
                 alias = Some(new.st_ino);
                 sys::renameat2(
                     work.fd(),
@@ -74,7 +74,7 @@ impl LayerFs {
             });
         if let Err(e) = built {
             if let Some(a) = alias {
-                self.aliases.remove(&a);
+                self.numbers.release(a);
             }
             if let Err(c) = work.remove(&tmp) {
                 log::warn!("copy-up cleanup of {tmp:?} failed: {c}");

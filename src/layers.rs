@@ -6,9 +6,6 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use dashmap::DashMap;
 
 use crate::statoverride::OverrideXattr;
 use crate::sys;
@@ -32,7 +29,7 @@ pub struct Layer {
     pub path: PathBuf,
     root: OwnedFd,
     pub dev: u64,
-    /// Index of this layer's filesystem among the distinct ones (the high bits of inode numbers).
+    /// Index of this layer's filesystem among the distinct ones (see `fs_indexes`).
     fs_index: u64,
     /// Where this layer keeps owner/mode overrides, if it does.
     pub stat_override: Option<OverrideXattr>,
@@ -72,19 +69,14 @@ impl Layer {
     }
 }
 
-/// All layers, plus the mapping from (layer, inode) to the inode numbers the mount shows.
+/// All layers.
 #[derive(Debug)]
 pub struct Layers {
     layers: Vec<Layer>,
     has_upper: bool,
     /// Some layer keeps owner/mode overrides (fixed at open; asked on every xattr call).
     any_override: bool,
-    /// Inode numbers that do not fit the packed form, allocated on first sight.
-    overflow: DashMap<(u64, u64), u64>,
-    next_overflow: AtomicU64,
 }
-
-const INO_BITS: u32 = 48;
 
 impl Layers {
     /// Opens every layer root. `upper` is `None` for a read-only union. Each layer keeps
@@ -126,8 +118,6 @@ impl Layers {
             any_override: layers.iter().any(|l| l.stat_override.is_some()),
             layers,
             has_upper: upper.is_some(),
-            overflow: DashMap::new(),
-            next_overflow: AtomicU64::new(0xffff << INO_BITS),
         })
     }
 
@@ -167,22 +157,9 @@ impl Layers {
         &self.layers[0]
     }
 
-    /// An inode number no object of any layer maps to.
-    pub fn fresh_ino(&self) -> u64 {
-        self.next_overflow.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// The inode number the mount shows for inode `st_ino` of layer `id`: the layer's
-    /// filesystem index in the high 16 bits, the real number in the low 48, so numbers are
-    /// unique across layers, stable for the mount's life, and shared by hard links.
-    pub fn ino(&self, id: LayerId, st_ino: u64) -> u64 {
-        let fs = self.get(id).fs_index;
-        if st_ino < (1 << INO_BITS) && fs < 0xfffe {
-            return ((fs + 1) << INO_BITS) | st_ino;
-        }
-        *self
-            .overflow
-            .entry((fs, st_ino))
-            .or_insert_with(|| self.fresh_ino())
+    /// The index of each layer's filesystem among the distinct ones, by layer (what
+    /// inode numbers are made of: `crate::numbers`).
+    pub fn fs_indexes(&self) -> Vec<u64> {
+        self.layers.iter().map(|l| l.fs_index).collect()
     }
 }

@@ -105,7 +105,7 @@ fn inherit(
 /// Whether a directory merges upper and lower layers. A directory moved into one is
 /// made opaque, as kernel overlayfs does without redirect_dir, so no lower directory of
 /// the same name can ever merge into it.
-fn is_merged(dir: &Inode) -> bool {
+pub(crate) fn is_merged(dir: &Inode) -> bool {
     let p = dir.place();
     p.upper && !p.lowers.is_empty()
 }
@@ -262,12 +262,12 @@ impl LayerFs {
     }
 
     /// Resolves `name` in `parent` to an existing object.
-    fn existing(&self, parent: &Inode, name: &OsStr) -> io::Result<(Stat, Place)> {
+    pub(crate) fn existing(&self, parent: &Inode, name: &OsStr) -> io::Result<(Stat, Place)> {
         self.found(parent, name)?.ok_or_else(|| errno(libc::ENOENT))
     }
 
     /// Resolves `name` in `parent`: the object, or `None` if nothing shows there.
-    fn found(&self, parent: &Inode, name: &OsStr) -> io::Result<Option<(Stat, Place)>> {
+    pub(crate) fn found(&self, parent: &Inode, name: &OsStr) -> io::Result<Option<(Stat, Place)>> {
         Ok(match self.resolve(parent, name)? {
             Resolved::Found { st, place } => Some((*st, place)),
             Resolved::Missing { .. } => None,
@@ -275,7 +275,7 @@ impl LayerFs {
     }
 
     /// A new whiteout for `name` in the upper directory `dir` (built in the workdir).
-    fn new_whiteout(
+    pub(crate) fn new_whiteout(
         &self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
@@ -365,7 +365,12 @@ impl LayerFs {
     /// An `O_PATH` fd of the object `parent/name` (at `place`) about to lose a name, taken
     /// before the removal so that its real inode number cannot be reused before the node
     /// is marked; `None` if it cannot be opened.
-    fn hold(&self, parent: &Inode, name: &OsStr, place: &Place) -> Option<(LayerId, OwnedFd)> {
+    pub(crate) fn hold(
+        &self,
+        parent: &Inode,
+        name: &OsStr,
+        place: &Place,
+    ) -> Option<(LayerId, OwnedFd)> {
         let top = place.top()?;
         let dir = self.dir_fd(top, parent).ok()?;
         let fd = sys::openat(dir.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
@@ -374,14 +379,14 @@ impl LayerFs {
 
     /// Drops the kept inode number of an upper object whose last name was just removed,
     /// so a new object that reuses its real inode number gets a number of its own.
-    fn forget_alias_if_gone(&self, st: &Stat, place: &Place) {
+    pub(crate) fn forget_alias_if_gone(&self, st: &Stat, place: &Place) {
         if place.upper && (is_dir(st) || st.st_nlink <= 1) {
-            self.aliases.remove(&st.st_ino);
+            self.numbers.release(st.st_ino);
         }
     }
 
     /// The inode number the mount shows for a resolved object.
-    fn ino_of(&self, st: &Stat, place: &Place) -> io::Result<Ino> {
+    pub(crate) fn ino_of(&self, st: &Stat, place: &Place) -> io::Result<Ino> {
         let top = place.top().ok_or_else(|| errno(libc::ENOENT))?;
         Ok(self.ino_for(top, st.st_ino))
     }
@@ -394,216 +399,11 @@ impl LayerFs {
         self.remove(parent, name, true)
     }
 
-    fn node_for(&self, st: &Stat, place: Place) -> io::Result<Arc<Inode>> {
+    pub(crate) fn node_for(&self, st: &Stat, place: Place) -> io::Result<Arc<Inode>> {
         let ino = self.ino_of(st, &place)?;
         Ok(self
             .inodes
             .existing_or_transient(ino, st.st_mode & libc::S_IFMT, place))
-    }
-
-    /// rename(2) with `RENAME_NOREPLACE` / `RENAME_EXCHANGE`. A directory that a lower
-    /// layer holds cannot move (EXDEV, as kernel overlayfs without redirect_dir).
-    pub fn rename(
-        &self,
-        parent: Ino,
-        name: &OsStr,
-        newparent: Ino,
-        newname: &OsStr,
-        flags: u32,
-    ) -> io::Result<()> {
-        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0
-            || flags == libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE
-        {
-            return Err(errno(libc::EINVAL));
-        }
-        let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        let upper = self.layers.writable()?;
-        let parent = self.node(parent)?;
-        let newparent = self.node(newparent)?;
-        // Both directories' names, in inode order (once if they are the same).
-        let (first, second) = if parent.ino <= newparent.ino {
-            (&parent, &newparent)
-        } else {
-            (&newparent, &parent)
-        };
-        let _names = first.names_changing();
-        let _names2 = (first.ino != second.ino).then(|| second.names_changing());
-        let (sst, splace) = self.existing(&parent, name)?;
-        let mut dst = self.found(&newparent, newname)?;
-        if dst.is_none() {
-            check_new_name(newname)?;
-        }
-        if parent.ino == newparent.ino && name == newname {
-            return if dst.is_some() || !exchange {
-                Ok(())
-            } else {
-                Err(errno(libc::ENOENT))
-            };
-        }
-        if dst.is_some() && flags & libc::RENAME_NOREPLACE != 0 {
-            return Err(errno(libc::EEXIST));
-        }
-        if dst.is_none() && exchange {
-            return Err(errno(libc::ENOENT));
-        }
-        // The order of the checks is the kernel's: the VFS type checks, then EXDEV for
-        // directories that cannot move, then emptiness of the replaced directory.
-        let src_dir = is_dir(&sst);
-        if let Some((dst_st, _)) = &dst
-            && !exchange
-        {
-            match (src_dir, is_dir(dst_st)) {
-                (true, false) => return Err(errno(libc::ENOTDIR)),
-                (false, true) => return Err(errno(libc::EISDIR)),
-                _ => {}
-            }
-        }
-        if src_dir && !splace.lowers.is_empty() {
-            return Err(errno(libc::EXDEV));
-        }
-        if let Some((dst_st, dplace)) = &dst {
-            if is_dir(dst_st) && exchange && !dplace.lowers.is_empty() {
-                return Err(errno(libc::EXDEV));
-            }
-            if is_dir(dst_st)
-                && !exchange
-                && !self.is_empty_dir(&self.path_of(newparent.ino)?.join(newname), dplace)?
-            {
-                return Err(errno(libc::ENOTEMPTY));
-            }
-        }
-        let src_below = !splace.lowers.is_empty() || self.lower_visible(&parent, name)?;
-        let snode = self.node_for(&sst, splace)?;
-        self.copy_up(&snode, CopyData::Full)?;
-        self.copy_up(&newparent, CopyData::Full)?;
-        let sdir = self.dir_fd(upper.id, &parent)?;
-        let ddir = self.dir_fd(upper.id, &newparent)?;
-
-        if exchange {
-            let (dst_st, dplace) = dst.ok_or_else(|| errno(libc::ENOENT))?;
-            let dnode = self.node_for(&dst_st, dplace)?;
-            self.copy_up(&dnode, CopyData::Full)?;
-            sys::renameat2(
-                sdir.as_fd(),
-                name,
-                ddir.as_fd(),
-                newname,
-                libc::RENAME_EXCHANGE,
-            )?;
-            snode.rename(parent.ino, name, newparent.ino, newname);
-            dnode.rename(newparent.ino, newname, parent.ino, name);
-            if src_dir && is_merged(&newparent) {
-                self.mark_opaque(ddir.as_fd(), newname)?;
-            }
-            if dnode.is_dir() && is_merged(&parent) {
-                self.mark_opaque(sdir.as_fd(), name)?;
-            }
-            return Ok(());
-        }
-
-        let victim = match &dst {
-            Some((dst_st, dplace)) => self.node(self.ino_of(dst_st, dplace)?).ok(),
-            None => None,
-        };
-        let mut victim_held = match (&victim, &dst) {
-            (Some(_), Some((_, dplace))) => self.hold(&newparent, newname, dplace),
-            _ => None,
-        };
-        // Wait for a copy-up of the replaced object under way; a later one finds it gone.
-        let _copying = victim.as_ref().map(|n| n.copy_lock.lock());
-        if victim.is_some() && dst.as_ref().is_some_and(|(_, p)| !p.upper) {
-            dst = self.found(&newparent, newname)?;
-        }
-        // Every step below leaves a tree the kernel could show (the old one or the new
-        // one), so a crash between steps loses nothing: the moved directory is made opaque
-        // before it moves, an AUFS whiteout for the old name is made while the object
-        // still hides it, and the old name's overlay whiteout comes with the rename.
-        if src_dir && is_merged(&newparent) {
-            self.mark_opaque(sdir.as_fd(), name)?;
-        }
-        let aufs_whiteout = src_below && self.cfg.whiteout == WhiteoutFormat::Aufs;
-        if aufs_whiteout {
-            self.new_whiteout(sdir.as_fd(), name, WhiteoutFormat::Aufs)?;
-        }
-        let over = match &dst {
-            None => match self.resolve(&newparent, newname)? {
-                Resolved::Missing { upper_whiteout, .. } => upper_whiteout,
-                Resolved::Found { .. } => None,
-            },
-            Some(_) => None,
-        };
-        let overlay_whiteout = src_below && self.cfg.whiteout == WhiteoutFormat::Overlay;
-        if src_dir && over == Some(WhiteoutFormat::Overlay) {
-            // A directory cannot replace the whiteout: exchange, and the whiteout lands
-            // at the old name.
-            sys::renameat2(
-                sdir.as_fd(),
-                name,
-                ddir.as_fd(),
-                newname,
-                libc::RENAME_EXCHANGE,
-            )?;
-            if !overlay_whiteout {
-                sys::unlinkat(sdir.as_fd(), name, false)?;
-            }
-        } else {
-            let f = if overlay_whiteout {
-                libc::RENAME_WHITEOUT
-            } else {
-                0
-            };
-            match sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, f) {
-                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                    // The replaced directory is visibly empty but holds whiteouts: swap in
-                    // an empty one (opaque if lowers merge there) first.
-                    let merged = dst.as_ref().is_some_and(|d| !d.1.lowers.is_empty());
-                    self.clear_dir(ddir.as_fd(), newname, merged)?;
-                    sys::renameat2(sdir.as_fd(), name, ddir.as_fd(), newname, f)?;
-                }
-                r => r?,
-            }
-        }
-        if over == Some(WhiteoutFormat::Aufs) {
-            sys::unlinkat(ddir.as_fd(), &whiteout::aufs_name(newname), false)?;
-        }
-        if let Some((dst_st, dplace)) = &dst {
-            self.forget_alias_if_gone(dst_st, dplace);
-            if let Some(dnode) = &victim {
-                drop_name(
-                    dnode,
-                    newparent.ino,
-                    newname,
-                    (dst_st, dplace),
-                    &mut victim_held,
-                );
-            }
-        }
-        snode.rename(parent.ino, name, newparent.ino, newname);
-        Ok(())
-    }
-
-    /// Replaces the upper directory `dir/name` by an empty one (opaque if `opaque`), in one
-    /// exchange; the old one, with whatever whiteouts it held, is removed in the workdir.
-    fn clear_dir(&self, dir: BorrowedFd<'_>, name: &OsStr, opaque: bool) -> io::Result<()> {
-        let work = self.work()?;
-        let tmp = work.temp_name();
-        let st = sys::fstatat(dir, name)?;
-        let built = sys::mkdirat(work.fd(), &tmp, st.st_mode & 0o7777)
-            .and_then(|()| {
-                if opaque {
-                    self.mark_opaque(work.fd(), &tmp)
-                } else {
-                    Ok(())
-                }
-            })
-            .and_then(|()| sys::renameat2(work.fd(), &tmp, dir, name, libc::RENAME_EXCHANGE));
-        let cleaned = work.remove(&tmp);
-        built?;
-        cleaned
-    }
-
-    fn mark_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-        whiteout::set_opaque(dir, name, self.cfg.whiteout, self.cfg.xattr_ns)
     }
 }
 
@@ -612,7 +412,7 @@ impl LayerFs {
 /// last link: holding that would keep its space allocated until the kernel's asynchronous
 /// forget (an open file keeps its data through its handle anyway). An fd not given stays
 /// in `held`, so the caller closes it only after the node is marked.
-fn drop_name(
+pub(crate) fn drop_name(
     node: &Inode,
     parent: Ino,
     name: &OsStr,

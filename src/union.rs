@@ -13,14 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use dashmap::DashMap;
-
 use crate::creds::{CAP_FSETID, ProcessCreds};
 use crate::dirfds::DirFds;
 use crate::handles::{HandleTable, OpenDir, OpenFile};
 use crate::idmap::Owners;
 use crate::inode::{Ino, Inode, InodeTable, Place, ROOT};
 use crate::layers::{LayerId, Layers};
+use crate::numbers::InoNumbers;
 use crate::options::{Atime, Passthrough};
 use crate::sys::{self, Stat, XattrTarget};
 use crate::whiteout::{self, WhiteoutFormat, XattrNs};
@@ -147,9 +146,8 @@ pub struct LayerFs {
     pub(crate) dirs: HandleTable<OpenDir>,
     pub(crate) work: Option<WorkDir>,
     pub(crate) cfg: FsConfig,
-    /// Inode numbers kept across copy-up: the upper object's real inode → the number the
-    /// mount showed before the copy-up.
-    pub(crate) aliases: DashMap<u64, Ino>,
+    /// The inode numbers the mount shows.
+    pub(crate) numbers: InoNumbers,
     /// Directory fds by layer and inode, so requests resolve names from their parent.
     dirfds: DirFds,
     /// Whether new opens of upper files may pass through (cleared when the kernel cannot).
@@ -194,6 +192,7 @@ impl LayerFs {
             deleted: false,
             held: None,
         };
+        let numbers = InoNumbers::new(layers.fs_indexes(), layers.upper().is_some());
         Ok(LayerFs {
             layers,
             inodes: InodeTable::new(root),
@@ -201,7 +200,7 @@ impl LayerFs {
             dirs: HandleTable::default(),
             work,
             cfg,
-            aliases: DashMap::new(),
+            numbers,
             dirfds: DirFds::default(),
             passthrough: AtomicBool::new(passthrough),
             writeback: AtomicBool::new(false),
@@ -254,23 +253,9 @@ impl LayerFs {
 
     /// The inode number shown for the object with real inode `st_ino` in layer `layer`.
     pub(crate) fn ino_for(&self, layer: LayerId, st_ino: u64) -> Ino {
-        if !self.layers.is_upper(layer) {
-            return self.layers.ino(layer, st_ino);
-        }
-        if let Some(a) = self.aliases.get(&st_ino) {
-            return *a;
-        }
-        let n = self.layers.ino(layer, st_ino);
-        // The upper reused the real inode number of a deleted object the kernel still
-        // holds: the new object gets a number of its own, so the kernel never sees one
-        // node number stand for two objects (a race there gives EIO on the old inode).
-        match self.inodes.get(n) {
-            Ok(old) if old.is_deleted() => *self
-                .aliases
-                .entry(st_ino)
-                .or_insert_with(|| self.layers.fresh_ino()),
-            _ => n,
-        }
+        self.numbers.shown(layer, st_ino, |n| {
+            self.inodes.get(n).is_ok_and(|old| old.is_deleted())
+        })
     }
 
     /// An `O_PATH` fd of the directory holding `node` in `layer`, and the node's name in it

@@ -236,15 +236,24 @@ impl Tmpfs {
         Tmpfs(at.to_path_buf())
     }
 
-    /// `mount -o remount,HOW` (e.g. `ro`, `rw`).
+    /// `mount -o remount,HOW` (e.g. `ro`, `rw`). A remount read-only fails while a file
+    /// is open for writing, and a FUSE daemon closes its files a moment after the closes
+    /// through the mount (release is asynchronous): tried for up to 5 s.
     pub fn remount(&self, how: &str) {
-        let ok = Command::new("mount")
-            .args(["-o", &format!("remount,{how}")])
-            .arg(&self.0)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "remount {how}");
+        for _ in 0..250 {
+            let ok = Command::new("mount")
+                .args(["-o", &format!("remount,{how}")])
+                .arg(&self.0)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            if ok {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("remount {how} of {}", self.0.display());
     }
 }
 

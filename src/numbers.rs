@@ -1,0 +1,126 @@
+//! The inode numbers the mount shows: the one place that makes, keeps and drops them.
+//!
+//! An object's number packs the index of its layer's filesystem (among the distinct
+//! filesystems of the layers) into the high 16 bits and its real inode number into the low
+//! 48, so numbers are unique across layers, stable for the mount's life and shared by hard
+//! links; a real number that does not fit gets a fresh one on first sight. An upper object
+//! may show another number than its own: a copy keeps the number its lower showed, and an
+//! upper object reusing the real number of a deleted object that the kernel still holds
+//! gets a fresh one (the kernel must never see one number stand for two objects). Those
+//! upper numbers are kept until the object's last name goes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+use crate::inode::Ino;
+use crate::layers::LayerId;
+
+const INO_BITS: u32 = 48;
+
+/// The numbering of one mount.
+#[derive(Debug)]
+pub struct InoNumbers {
+    /// The filesystem index of each layer, by [`LayerId`].
+    fs_of: Vec<u64>,
+    /// Whether layer 0 is the upper.
+    has_upper: bool,
+    /// Numbers given to (filesystem, real number) pairs that do not fit the packed form.
+    overflow: DashMap<(u64, u64), Ino>,
+    next_fresh: AtomicU64,
+    /// Upper real inode number → the number the mount shows for it, where it differs
+    /// from the packed one.
+    upper_kept: DashMap<u64, Ino>,
+}
+
+impl InoNumbers {
+    /// The numbering for layers whose filesystems have the indexes `fs_of` (by layer);
+    /// layer 0 is the upper if `has_upper`.
+    pub fn new(fs_of: Vec<u64>, has_upper: bool) -> Self {
+        InoNumbers {
+            fs_of,
+            has_upper,
+            overflow: DashMap::new(),
+            next_fresh: AtomicU64::new(0xffff << INO_BITS),
+            upper_kept: DashMap::new(),
+        }
+    }
+
+    /// A number no object of any layer packs to.
+    fn fresh(&self) -> Ino {
+        self.next_fresh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The packed number of real inode `st_ino` in `layer`.
+    fn packed(&self, layer: LayerId, st_ino: u64) -> Ino {
+        let fs = self.fs_of[usize::from(layer)];
+        if st_ino < (1 << INO_BITS) && fs < 0xfffe {
+            return ((fs + 1) << INO_BITS) | st_ino;
+        }
+        *self
+            .overflow
+            .entry((fs, st_ino))
+            .or_insert_with(|| self.fresh())
+    }
+
+    /// The number the mount shows for real inode `st_ino` of `layer`. `held_deleted(n)`
+    /// says whether the kernel still holds number `n` for an object that is gone.
+    pub fn shown(&self, layer: LayerId, st_ino: u64, held_deleted: impl Fn(Ino) -> bool) -> Ino {
+        if !(self.has_upper && layer == 0) {
+            return self.packed(layer, st_ino);
+        }
+        if let Some(n) = self.upper_kept.get(&st_ino) {
+            return *n;
+        }
+        let n = self.packed(layer, st_ino);
+        if held_deleted(n) {
+            return *self
+                .upper_kept
+                .entry(st_ino)
+                .or_insert_with(|| self.fresh());
+        }
+        n
+    }
+
+    /// The upper object with real number `upper_ino` (a copy, before it gets its name)
+    /// shows `ino` from now on.
+    pub fn keep(&self, upper_ino: u64, ino: Ino) {
+        self.upper_kept.insert(upper_ino, ino);
+    }
+
+    /// The upper object with real number `upper_ino` is gone (its last name went, or its
+    /// copy-up failed): a new object reusing the real number gets a number of its own.
+    pub fn release(&self, upper_ino: u64) {
+        self.upper_kept.remove(&upper_ino);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_per_filesystem_and_kept_across_copy_up() {
+        let n = InoNumbers::new(vec![0, 1, 0], true);
+        let never = |_| false;
+        assert_eq!(n.shown(1, 5, never), (2 << INO_BITS) | 5);
+        assert_eq!(n.shown(2, 5, never), (1 << INO_BITS) | 5);
+        assert_eq!(n.shown(0, 5, never), (1 << INO_BITS) | 5);
+        n.keep(9, n.shown(1, 5, never));
+        assert_eq!(n.shown(0, 9, never), (2 << INO_BITS) | 5);
+        n.release(9);
+        assert_eq!(n.shown(0, 9, never), (1 << INO_BITS) | 9);
+    }
+
+    #[test]
+    fn big_and_reused_numbers_get_fresh_ones() {
+        let n = InoNumbers::new(vec![0, 0], true);
+        let big = n.shown(1, 1 << 50, |_| false);
+        assert_eq!(big >> INO_BITS, 0xffff);
+        assert_eq!(n.shown(1, 1 << 50, |_| false), big);
+        let reused = n.shown(0, 7, |_| true);
+        assert_ne!(reused, (1 << INO_BITS) | 7);
+        assert_eq!(n.shown(0, 7, |_| false), reused, "kept until released");
+        assert_ne!(reused, big);
+    }
+}
