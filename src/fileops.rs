@@ -298,8 +298,7 @@ impl LayerFs {
             sys::fchownat(dir, &name, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
         }
         if let Some(mode) = mode {
-            let fd = self.upper_object(dir, &name, libc::O_PATH)?;
-            sys::fchmod(fd.as_fd(), mode)?;
+            sys::chmod_at(dir, &name, mode)?;
         }
         self.finish_setattr(&node, dir, &name, change)
     }

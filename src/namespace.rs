@@ -82,7 +82,8 @@ fn inherit(
     if fmt == libc::S_IFLNK {
         return Ok((mode, InheritedAcls::default()));
     }
-    let default = match sys::XattrTarget::fd(dir)?.get(OsStr::new(acl::DEFAULT)) {
+    // "." reaches the directory by name, which the xattr calls do in one step.
+    let default = match sys::XattrTarget::at(dir, OsStr::new("."))?.get(OsStr::new(acl::DEFAULT)) {
         Ok(v) => v,
         Err(e)
             if matches!(
@@ -158,7 +159,9 @@ impl LayerFs {
         });
         // After an exchange `tmp` holds the old whiteout; otherwise it holds nothing
         // (success) or the half-built object (failure).
-        if let Err(e) = work.remove(&tmp) {
+        if (placed.is_err() || slot.over == Some(WhiteoutFormat::Overlay))
+            && let Err(e) = work.remove(&tmp)
+        {
             log::warn!("work cleanup of {tmp:?} failed: {e}");
         }
         placed?;
@@ -294,7 +297,11 @@ impl LayerFs {
                 sys::mknodat(work.fd(), &tmp, libc::S_IFCHR, 0)?;
                 let flags = if is_dir { libc::RENAME_EXCHANGE } else { 0 };
                 let r = sys::renameat2(work.fd(), &tmp, dir, name, flags);
-                work.remove(&tmp)?;
+                // After an exchange `tmp` holds the replaced directory; after a failure,
+                // the whiteout.
+                if is_dir || r.is_err() {
+                    work.remove(&tmp)?;
+                }
                 r
             }
             WhiteoutFormat::Aufs => {
@@ -331,7 +338,7 @@ impl LayerFs {
         // A copy-up of a lower object does not take its directory's names: wait for one
         // under way, and see what it left (a later one finds the node unlinked).
         let _copying = node.as_ref().map(|n| n.copy_lock.lock());
-        if node.is_some() && !place.upper {
+        if !place.upper && node.as_ref().is_some_and(|n| n.in_upper()) {
             (st, place) = self.existing(&parent, name)?;
         }
         match (is_dir(&st), want_dir) {

@@ -203,7 +203,9 @@ impl LayerFs {
         };
         // Wait for a copy-up of the replaced object under way; a later one finds it gone.
         let _copying = victim.as_ref().map(|n| n.copy_lock.lock());
-        if victim.is_some() && dst.as_ref().is_some_and(|(_, p)| !p.upper) {
+        if victim.as_ref().is_some_and(|n| n.in_upper())
+            && dst.as_ref().is_some_and(|(_, p)| !p.upper)
+        {
             dst = self.found(newparent, newname)?;
         }
         if src_dir && is_merged(newparent) {

@@ -10,7 +10,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use crate::layers::LayerId;
 use crate::sys::{self, Stat, XattrTarget};
@@ -241,10 +241,10 @@ impl LayerFs {
 
     /// Applies the override of the object at `target` in `layer` to its real stat `st`.
     /// A malformed override is logged and ignored: the object shows its real stat.
-    pub(crate) fn apply_override(
+    pub(crate) fn apply_override<'a>(
         &self,
         layer: LayerId,
-        target: impl FnOnce() -> io::Result<XattrTarget>,
+        target: impl FnOnce() -> io::Result<XattrTarget<'a>>,
         st: &mut Stat,
     ) -> io::Result<()> {
         let Some(kind) = self.layers.get(layer).stat_override else {
@@ -311,8 +311,8 @@ impl LayerFs {
         }
     }
 
-    /// Gives the new upper object `dir/name`, created with permission bits `created`, the
-    /// owner and mode of `shown`: in the upper's override when it keeps them there (the
+    /// Gives the new upper object `dir/name` (just built in the work directory), created
+    /// with permission bits `created`, the owner and mode of `shown`: in the upper's override when it keeps them there (the
     /// real mode then only widened so the daemon can use the object), else by chown and
     /// chmod (skipped when the mode is already right).
     pub(crate) fn give_owner_mode(
@@ -323,7 +323,8 @@ impl LayerFs {
         created: u32,
     ) -> io::Result<()> {
         let stored = self.store_override(dir, name, shown)?;
-        if !stored {
+        let owner = self.work()?.creates_as();
+        if !stored && (shown.st_uid, shown.st_gid) != owner {
             crate::copyup::chown(dir, name, shown.st_uid, shown.st_gid)?;
         }
         let mode = if stored {
@@ -332,8 +333,7 @@ impl LayerFs {
             shown.st_mode & 0o7777
         };
         if shown.st_mode & libc::S_IFMT != libc::S_IFLNK && mode != created {
-            let fd = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-            sys::fchmod(fd.as_fd(), mode)?;
+            sys::chmod_at(dir, name, mode)?;
         }
         Ok(())
     }
@@ -342,6 +342,7 @@ impl LayerFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     /// A stat with `mode` (the rest from "/": Stat has no safe constructor).
     fn stat(mode: u32) -> Stat {

@@ -18,6 +18,11 @@ pub const WORK_SUBDIR: &str = "work";
 pub struct WorkDir {
     fd: OwnedFd,
     counter: AtomicU64,
+    /// The daemon's process id when the directory was opened (part of temp names).
+    pid: u32,
+    /// Who owns what the daemon creates here: its effective ids, or the directory's group
+    /// if the directory is setgid.
+    creates_as: (u32, u32),
 }
 
 impl WorkDir {
@@ -57,9 +62,17 @@ impl WorkDir {
                 _ => {}
             }
         }
+        let st = sys::fstat(fd.as_fd())?;
+        let gid = if st.st_mode & libc::S_ISGID != 0 {
+            st.st_gid
+        } else {
+            sys::getegid()
+        };
         let work = WorkDir {
             fd,
             counter: AtomicU64::new(0),
+            pid: std::process::id(),
+            creates_as: (sys::geteuid(), gid),
         };
         work.clean()?;
         Ok(work)
@@ -72,7 +85,12 @@ impl WorkDir {
     /// A fresh name for a temporary object.
     pub fn temp_name(&self) -> OsString {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        OsString::from(format!("#lfs{:x}.{n:x}", std::process::id()))
+        OsString::from(format!("#lfs{:x}.{n:x}", self.pid))
+    }
+
+    /// The owner (uid, gid) of an object the daemon has just created here.
+    pub fn creates_as(&self) -> (u32, u32) {
+        self.creates_as
     }
 
     /// Removes the temporary object `name` (a whole tree if it is a directory).

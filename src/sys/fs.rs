@@ -2,9 +2,10 @@
 
 use std::ffi::{CStr, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Stat, check, check_size, cstr, owned, proc_path};
 
@@ -273,11 +274,62 @@ pub fn utimensat(
     .map(drop)
 }
 
+/// Whether the kernel has fchmodat2 (Linux 6.6), which changes a mode by fd or by name
+/// without following a symlink; before it, chmod goes through `/proc/self/fd/N`.
+static FCHMODAT2: AtomicBool = AtomicBool::new(true);
+
+/// fchmodat2(2), or None where the kernel lacks it.
+fn fchmodat2(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, flags: i32) -> Option<io::Result<()>> {
+    if !FCHMODAT2.load(Ordering::Relaxed) {
+        return None;
+    }
+    let c = match cstr(name) {
+        Ok(c) => c,
+        Err(e) => return Some(Err(e)),
+    };
+    // SAFETY: `c` is a valid C string; the other arguments are plain integers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fchmodat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            mode as libc::mode_t,
+            flags,
+        )
+    };
+    match check(r as libc::c_int) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            FCHMODAT2.store(false, Ordering::Relaxed);
+            None
+        }
+        r => Some(r.map(drop)),
+    }
+}
+
 /// chmod of the object behind `fd` (which may be `O_PATH`; it must not be a symlink).
 pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    if let Some(r) = fchmodat2(fd, OsStr::new(""), mode, libc::AT_EMPTY_PATH) {
+        return r;
+    }
     let c = proc_path(fd, None)?;
     // SAFETY: `c` is a valid C string.
     check(unsafe { libc::chmod(c.as_ptr(), mode as libc::mode_t) }).map(drop)
+}
+
+/// chmod of `name` in `dir`, never following a symlink (EOPNOTSUPP for one, as the
+/// kernel says); "" is the object of `dir` itself.
+pub fn chmod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    if name.is_empty() {
+        return fchmod(dir, mode);
+    }
+    if let Some(r) = fchmodat2(dir, name, mode, libc::AT_SYMLINK_NOFOLLOW) {
+        return r;
+    }
+    let fd = openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+    if fstat(fd.as_fd())?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    fchmod(fd.as_fd(), mode)
 }
 
 /// The `ST_*` mount flags of the filesystem holding `fd` (fstatvfs's `f_flag`).
@@ -403,4 +455,31 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirent>> {
     // SAFETY: `dp` came from fdopendir and is closed exactly once.
     unsafe { libc::closedir(dp) };
     result.map(|()| out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// chmod by name with fchmodat2 and with the `/proc` fallback (kernels before 6.6):
+    /// the same modes, and a symlink is refused, not followed.
+    #[test]
+    fn chmod_at_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "").unwrap();
+        std::os::unix::fs::symlink("f", dir.path().join("l")).unwrap();
+        let d = std::fs::File::open(dir.path()).unwrap();
+        for (i, native) in [true, false].into_iter().enumerate() {
+            FCHMODAT2.store(native, Ordering::Relaxed);
+            let mode = 0o640 + i as u32;
+            chmod_at(d.as_fd(), OsStr::new("f"), mode).unwrap();
+            let st = fstatat(d.as_fd(), OsStr::new("f")).unwrap();
+            assert_eq!(st.st_mode & 0o7777, mode);
+            let e = chmod_at(d.as_fd(), OsStr::new("l"), 0o600).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
+            let st = fstatat(d.as_fd(), OsStr::new("f")).unwrap();
+            assert_eq!(st.st_mode & 0o7777, mode, "the symlink was followed");
+        }
+        FCHMODAT2.store(true, Ordering::Relaxed);
+    }
 }
