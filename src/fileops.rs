@@ -82,6 +82,12 @@ impl LayerFs {
             self.same_object(node, top, st)?;
             Arc::new(path)
         };
+        let file = sys::reopen_noatime(fd.as_fd(), self.real_flags(flags))?;
+        Ok((File::from(file), place.upper))
+    }
+
+    /// The flags a layer's file is opened with for a handle opened with `flags`.
+    pub(crate) fn real_flags(&self, flags: i32) -> i32 {
         let mut flags = flags & !(STRIP_FLAGS | libc::O_NOFOLLOW);
         if self.writeback_on() {
             // The kernel's writeback cache reads pages in to fill them, also through a
@@ -91,8 +97,7 @@ impl LayerFs {
             }
             flags &= !libc::O_APPEND;
         }
-        let file = sys::reopen_noatime(fd.as_fd(), flags)?;
-        Ok((File::from(file), place.upper))
+        flags
     }
 
     /// open(2): copies up first when the file is opened for writing or truncation; an
@@ -118,6 +123,18 @@ impl LayerFs {
         {
             self.clear_privs_for_data(&node, file.as_fd(), &by, false)?;
         }
+        self.new_handle(node, file, on_upper, flags)
+    }
+
+    /// A handle for `file`, the object of `node` (on the upper layer if `on_upper`),
+    /// opened with `flags`.
+    pub(crate) fn new_handle(
+        &self,
+        node: Arc<Inode>,
+        file: File,
+        on_upper: bool,
+        flags: i32,
+    ) -> io::Result<Opened> {
         let wanted = self.passthrough_wanted(&file, on_upper, flags)?;
         let (through, keep_cache) = node.start_io(wanted, on_upper, wants_write(flags))?;
         let fh = self

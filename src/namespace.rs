@@ -5,12 +5,14 @@
 //! Removing something a lower layer still shows leaves a whiteout.
 
 use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::acl::{self, Acl};
 use crate::copyup::CopyData;
+use crate::fileops::Opened;
 use crate::inode::{Ino, Inode, Place};
 use crate::layers::LayerId;
 use crate::sys::{self, Stat};
@@ -179,6 +181,38 @@ impl LayerFs {
         object: NewObject<'_>,
         caller: Caller,
     ) -> io::Result<Attr> {
+        self.create_in(parent, name, object, caller, None)
+            .map(|(a, _)| a)
+    }
+
+    /// create(2): a new regular file `name` in `parent` owned by `caller`, and a handle
+    /// on it opened with `flags` (the file the object was made with: no second open).
+    pub fn create_file(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> io::Result<(Attr, Opened)> {
+        let object = NewObject::File { mode };
+        let (attr, file) = self.create_in(parent, name, object, caller, Some(flags))?;
+        let file = file.ok_or_else(|| errno(libc::EIO))?;
+        let node = self.node(attr.ino)?;
+        let opened = self.new_handle(node, File::from(file), true, flags)?;
+        Ok((attr, opened))
+    }
+
+    /// [`Self::create_object`]; a regular file is also opened with `open` if given, and
+    /// that fd returned.
+    fn create_in(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        object: NewObject<'_>,
+        caller: Caller,
+        open: Option<i32>,
+    ) -> io::Result<(Attr, Option<OwnedFd>)> {
         let parent = self.node(parent)?;
         let _names = parent.names_changing();
         let slot = self.slot(&parent, name)?;
@@ -199,22 +233,21 @@ impl LayerFs {
         own.mode = mode;
         let (wformat, ns) = (self.cfg.whiteout, self.cfg.xattr_ns);
         let keeps_overrides = self.upper_keeps_overrides();
+        let mut opened = None;
         self.install(&slot, |work, tmp| {
             let created = own.mode & 0o777;
-            let create_file = || {
-                sys::openat(
-                    work,
-                    tmp,
-                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
-                    created,
-                )
-                .map(drop)
-            };
-            match object {
-                NewObject::File { .. } => create_file()?,
-                NewObject::Dir { .. } => sys::mkdirat(work, tmp, created)?,
-                NewObject::Node { rdev, .. } => {
-                    match sys::mknodat(work, tmp, fmt | created, rdev) {
+            let make = libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+            let create_file = || sys::openat(work, tmp, make | libc::O_WRONLY, created).map(drop);
+            match (&object, open) {
+                // Its creator may read it without touching its access time.
+                (NewObject::File { .. }, Some(flags)) => {
+                    let flags = make | libc::O_NOATIME | self.real_flags(flags);
+                    opened = Some(sys::openat(work, tmp, flags, created)?);
+                }
+                (NewObject::File { .. }, None) => create_file()?,
+                (NewObject::Dir { .. }, _) => sys::mkdirat(work, tmp, created)?,
+                (NewObject::Node { rdev, .. }, _) => {
+                    match sys::mknodat(work, tmp, fmt | created, *rdev) {
                         // Without the right to make devices, an upper that keeps overrides
                         // records the device in a regular file's override.
                         Err(e) if e.raw_os_error() == Some(libc::EPERM) && keeps_overrides => {
@@ -223,7 +256,7 @@ impl LayerFs {
                         r => r?,
                     }
                 }
-                NewObject::Symlink { target } => sys::symlinkat(target, work, tmp)?,
+                (NewObject::Symlink { target }, _) => sys::symlinkat(target, work, tmp)?,
             }
             // What the object is to show as (the parent's stat as a template).
             let mut shown = pst;
@@ -244,7 +277,8 @@ impl LayerFs {
             }
             Ok(())
         })?;
-        self.lookup_in(&parent, name).map(|(_, a)| a)
+        let (_, attr) = self.lookup_in(&parent, name)?;
+        Ok((attr, opened))
     }
 
     /// A hard link `newname` in `newparent` to `ino`; counts one lookup.

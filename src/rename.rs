@@ -4,7 +4,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::copyup::CopyData;
@@ -16,6 +16,14 @@ use crate::whiteout::{self, WhiteoutFormat};
 
 /// An object found under a name: its stat and place.
 type Found = (Stat, Place);
+
+/// The two names of a rename: `parent/name` moves to `newparent/newname`.
+struct Ends<'a> {
+    parent: &'a Arc<Inode>,
+    name: &'a OsStr,
+    newparent: &'a Arc<Inode>,
+    newname: &'a OsStr,
+}
 
 /// What a rename does, once the kernel's checks have passed.
 enum RenamePlan {
@@ -59,30 +67,33 @@ impl LayerFs {
         };
         let _names = first.names_changing();
         let _names2 = (first.ino != second.ino).then(|| second.names_changing());
-        match self.plan_rename(&parent, name, &newparent, newname, flags)? {
+        let ends = Ends {
+            parent: &parent,
+            name,
+            newparent: &newparent,
+            newname,
+        };
+        match self.plan_rename(&ends, flags)? {
             RenamePlan::Nothing => Ok(()),
-            RenamePlan::Exchange { src, dst } => {
-                self.exchange(&parent, name, &newparent, newname, src, dst)
-            }
+            RenamePlan::Exchange { src, dst } => self.exchange(&ends, src, dst),
             RenamePlan::Move {
                 src,
                 dst,
                 src_below,
-            } => self.move_to(&parent, name, &newparent, newname, src, dst, src_below),
+            } => self.move_to(&ends, src, dst, src_below),
         }
     }
 
     /// The kernel's checks, in its order: existence and RENAME_NOREPLACE/EXCHANGE, the
     /// VFS type checks, EXDEV for directories that cannot move, then emptiness of a
     /// replaced directory. The caller holds both directories' names.
-    fn plan_rename(
-        &self,
-        parent: &Arc<Inode>,
-        name: &OsStr,
-        newparent: &Arc<Inode>,
-        newname: &OsStr,
-        flags: u32,
-    ) -> io::Result<RenamePlan> {
+    fn plan_rename(&self, ends: &Ends<'_>, flags: u32) -> io::Result<RenamePlan> {
+        let Ends {
+            parent,
+            name,
+            newparent,
+            newname,
+        } = *ends;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let (sst, splace) = self.existing(parent, name)?;
         let dst = self.found(newparent, newname)?;
@@ -137,21 +148,31 @@ impl LayerFs {
         })
     }
 
+    /// The source's node, copied up with the new parent, and the upper fds of both
+    /// directories.
+    fn source_copied_up(
+        &self,
+        ends: &Ends<'_>,
+        (st, place): Found,
+    ) -> io::Result<(Arc<Inode>, Arc<OwnedFd>, Arc<OwnedFd>)> {
+        let snode = self.node_for(&st, place)?;
+        self.copy_up(&snode, CopyData::Full)?;
+        self.copy_up(ends.newparent, CopyData::Full)?;
+        let sdir = self.dir_fd(0, ends.parent)?;
+        Ok((snode, sdir, self.dir_fd(0, ends.newparent)?))
+    }
+
     /// RENAME_EXCHANGE: both objects copied up, swapped; a directory moving into a merged
     /// directory is made opaque (no lower directory of its new name may merge into it).
-    fn exchange(
-        &self,
-        parent: &Arc<Inode>,
-        name: &OsStr,
-        newparent: &Arc<Inode>,
-        newname: &OsStr,
-        (sst, splace): Found,
-        (dst_st, dplace): Found,
-    ) -> io::Result<()> {
-        let snode = self.node_for(&sst, splace)?;
-        self.copy_up(&snode, CopyData::Full)?;
-        self.copy_up(newparent, CopyData::Full)?;
-        let (sdir, ddir) = (self.dir_fd(0, parent)?, self.dir_fd(0, newparent)?);
+    fn exchange(&self, ends: &Ends<'_>, src: Found, (dst_st, dplace): Found) -> io::Result<()> {
+        let Ends {
+            parent,
+            name,
+            newparent,
+            newname,
+        } = *ends;
+        let src_dir = is_dir(&src.0);
+        let (snode, sdir, ddir) = self.source_copied_up(ends, src)?;
         let dnode = self.node_for(&dst_st, dplace)?;
         self.copy_up(&dnode, CopyData::Full)?;
         sys::renameat2(
@@ -163,7 +184,7 @@ impl LayerFs {
         )?;
         snode.rename(parent.ino, name, newparent.ino, newname);
         dnode.rename(newparent.ino, newname, parent.ino, name);
-        if is_dir(&sst) && is_merged(newparent) {
+        if src_dir && is_merged(newparent) {
             self.mark_opaque(ddir.as_fd(), newname)?;
         }
         if dnode.is_dir() && is_merged(parent) {
@@ -177,22 +198,21 @@ impl LayerFs {
     /// loses nothing: the moved directory is made opaque before it moves, an AUFS whiteout
     /// for the old name is made while the object still hides it, and the old name's
     /// overlay whiteout comes with the rename.
-    #[allow(clippy::too_many_arguments)]
     fn move_to(
         &self,
-        parent: &Arc<Inode>,
-        name: &OsStr,
-        newparent: &Arc<Inode>,
-        newname: &OsStr,
-        (sst, splace): Found,
+        ends: &Ends<'_>,
+        src: Found,
         mut dst: Option<Found>,
         src_below: bool,
     ) -> io::Result<()> {
-        let src_dir = is_dir(&sst);
-        let snode = self.node_for(&sst, splace)?;
-        self.copy_up(&snode, CopyData::Full)?;
-        self.copy_up(newparent, CopyData::Full)?;
-        let (sdir, ddir) = (self.dir_fd(0, parent)?, self.dir_fd(0, newparent)?);
+        let Ends {
+            parent,
+            name,
+            newparent,
+            newname,
+        } = *ends;
+        let src_dir = is_dir(&src.0);
+        let (snode, sdir, ddir) = self.source_copied_up(ends, src)?;
         let victim = match &dst {
             Some((dst_st, dplace)) => self.node(self.ino_of(dst_st, dplace)?).ok(),
             None => None,

@@ -597,14 +597,10 @@ impl Filesystem for FuseFs {
         reply: ReplyCreate,
     ) {
         debug!("create {} {name:?} {mode:o} {flags:#o}", parent.0);
-        let r = self
-            .create_as(req, umask, parent, name, NewObject::File { mode })
-            .and_then(|a| {
-                Ok((
-                    a,
-                    guard(|| self.0.open(a.ino, flags & !libc::O_TRUNC, None))?,
-                ))
-            });
+        // The file is new: O_TRUNC has nothing to cut.
+        let flags = flags & !libc::O_TRUNC;
+        let by = caller(req, umask);
+        let r = guard(|| self.0.create_file(parent.0, name, mode, flags, by));
         match r {
             Ok((a, o)) => {
                 let (attr, generation) = (file_attr(&a), Generation(a.generation));
