@@ -319,7 +319,7 @@ impl LayerFs {
         format: WhiteoutFormat,
     ) -> io::Result<()> {
         let work = self.work()?;
-        whiteout::make_whiteout_via(work.fd(), &work.temp_name(), dir, name, format)
+        self.whiteouts.place(work, dir, name, format)
     }
 
     /// Replaces the upper object `dir/name` with a whiteout, atomically in overlay format.
@@ -328,7 +328,7 @@ impl LayerFs {
         match self.cfg.whiteout {
             WhiteoutFormat::Overlay => {
                 let tmp = work.temp_name();
-                sys::mknodat(work.fd(), &tmp, libc::S_IFCHR, 0)?;
+                self.whiteouts.at_temp(work, &tmp)?;
                 let flags = if is_dir { libc::RENAME_EXCHANGE } else { 0 };
                 let r = sys::renameat2(work.fd(), &tmp, dir, name, flags);
                 // After an exchange `tmp` holds the replaced directory; after a failure,

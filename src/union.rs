@@ -22,7 +22,7 @@ use crate::layers::{LayerId, Layers};
 use crate::numbers::InoNumbers;
 use crate::options::{Atime, Passthrough};
 use crate::sys::{self, Stat, XattrTarget};
-use crate::whiteout::{self, WhiteoutFormat, XattrNs};
+use crate::whiteout::{self, SharedWhiteouts, WhiteoutFormat, XattrNs};
 use crate::workdir::WorkDir;
 
 /// Behaviour switches fixed at mount time.
@@ -138,16 +138,26 @@ pub(crate) fn is_dir(st: &Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
-/// The union filesystem core.
+/// The union filesystem core. Each part owns its state and guards its invariants behind
+/// its own methods; the operation modules (namespace, rename, fileops, copyup, dirmerge,
+/// xattrs) call those parts and never reach into their tables.
 pub struct LayerFs {
+    /// The layer roots and confined access to them.
     pub(crate) layers: Layers,
+    /// The inodes the kernel knows and their lookup counts (the only place that counts).
     pub(crate) inodes: InodeTable,
+    /// Open file handles.
     pub(crate) files: HandleTable<OpenFile>,
+    /// Open directory handles and their listings.
     pub(crate) dirs: HandleTable<OpenDir>,
+    /// Where new objects and copies are built; `None` for a read-only union.
     pub(crate) work: Option<WorkDir>,
+    /// What the mount options decided (read-only after mount).
     pub(crate) cfg: FsConfig,
     /// The inode numbers the mount shows.
     pub(crate) numbers: InoNumbers,
+    /// Where overlay whiteouts are linked from.
+    pub(crate) whiteouts: SharedWhiteouts,
     /// Directory fds by layer and inode, so requests resolve names from their parent.
     dirfds: DirFds,
     /// Whether new opens of upper files may pass through (cleared when the kernel cannot).
@@ -201,6 +211,7 @@ impl LayerFs {
             work,
             cfg,
             numbers,
+            whiteouts: SharedWhiteouts::default(),
             dirfds: DirFds::default(),
             passthrough: AtomicBool::new(passthrough),
             writeback: AtomicBool::new(false),

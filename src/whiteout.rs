@@ -8,6 +8,7 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::sys::{self, Stat};
+use crate::workdir::WorkDir;
 
 /// The prefix of AUFS whiteout files; names with it never show in the merged view.
 pub const WH_PREFIX: &[u8] = b".wh.";
@@ -170,6 +171,105 @@ pub fn make_whiteout_via(
     placed
 }
 
+/// Overlay whiteouts made as hard links of one whiteout kept in the work directory, as
+/// kernel overlayfs makes them: a link costs no new inode (on ext4 here a new inode costs
+/// 10 to 40 times a link). A base that has as many links as its filesystem allows
+/// (EMLINK) is replaced by a fresh one; where links cannot be made, whiteouts are made one
+/// by one. AUFS whiteouts (`.wh.` files) are always made one by one: image tools would
+/// export linked ones as hard links.
+#[derive(Debug, Default)]
+pub struct SharedWhiteouts {
+    /// The work-directory name of the current base.
+    base: parking_lot::Mutex<Option<OsString>>,
+    /// Links of a base failed other than by EMLINK: whiteouts are made one by one.
+    unlinkable: std::sync::atomic::AtomicBool,
+}
+
+impl SharedWhiteouts {
+    /// Places a whiteout for `name` in `dir` (under `.wh.NAME` for AUFS), or EEXIST: a link
+    /// of the base in `work` (made there when there is none yet).
+    pub fn place(
+        &self,
+        work: &WorkDir,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        format: WhiteoutFormat,
+    ) -> io::Result<()> {
+        let one_by_one = || make_whiteout_via(work.fd(), &work.temp_name(), dir, name, format);
+        if format == WhiteoutFormat::Aufs {
+            return one_by_one();
+        }
+        self.link(work, dir, name).unwrap_or_else(one_by_one)
+    }
+
+    /// A new overlay whiteout at `tmp` in `work` (to replace an object by a rename).
+    pub fn at_temp(&self, work: &WorkDir, tmp: &OsStr) -> io::Result<()> {
+        self.link(work, work.fd(), tmp)
+            .unwrap_or_else(|| make_whiteout(work.fd(), tmp, WhiteoutFormat::Overlay))
+    }
+
+    /// Links the base as `dir/target`; `None` where whiteouts cannot be links.
+    fn link(&self, work: &WorkDir, dir: BorrowedFd<'_>, target: &OsStr) -> Option<io::Result<()>> {
+        use std::sync::atomic::Ordering;
+        if self.unlinkable.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut tried_fresh = false;
+        loop {
+            let base = {
+                let mut base = self.base.lock();
+                match &*base {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b = work.whiteout_base_name();
+                        if let Err(e) = make_whiteout(work.fd(), &b, WhiteoutFormat::Overlay) {
+                            return Some(Err(e));
+                        }
+                        *base = Some(b.clone());
+                        tried_fresh = true;
+                        b
+                    }
+                }
+            };
+            match sys::linkat(work.fd(), &base, dir, target) {
+                // The base is full (or gone): once more with a fresh one; the old one leaves
+                // the work directory (its links stay whiteouts).
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EMLINK) | Some(libc::ENOENT))
+                        && !tried_fresh =>
+                {
+                    let mut current = self.base.lock();
+                    if current.as_ref() == Some(&base) {
+                        *current = None;
+                        let _ = sys::unlinkat(work.fd(), &base, false);
+                    }
+                }
+                // Not a link's failure but the directory's: said as it is.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EEXIST)
+                            | Some(libc::ENOENT)
+                            | Some(libc::EMLINK)
+                            | Some(libc::ENOSPC)
+                            | Some(libc::EDQUOT)
+                            | Some(libc::EROFS)
+                            | Some(libc::EIO)
+                    ) =>
+                {
+                    return Some(Err(e));
+                }
+                Err(e) => {
+                    log::info!("whiteouts cannot be links of one here ({e}): made one by one");
+                    self.unlinkable.store(true, Ordering::Relaxed);
+                    return None;
+                }
+                Ok(()) => return Some(Ok(())),
+            }
+        }
+    }
+}
+
 fn make_empty_file(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     sys::openat(
         dir,
@@ -239,6 +339,70 @@ pub fn classify(name: &OsStr, chr_whiteout: bool) -> (EntryRole, &OsStr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Whiteouts are links of one base; a base with as many links as the filesystem
+    /// allows is replaced by a fresh one, and the whiteouts made before stay whiteouts.
+    #[test]
+    fn shared_whiteouts_are_links_of_one_base_until_it_is_full() {
+        let t = tempfile::tempdir().unwrap();
+        let upper = t.path().join("upper");
+        std::fs::create_dir(&upper).unwrap();
+        std::fs::create_dir(t.path().join("wd")).unwrap();
+        let work = WorkDir::open(&t.path().join("wd")).unwrap();
+        let area = t.path().join("wd/work");
+        let u = std::fs::File::open(&upper).unwrap();
+        let shared = SharedWhiteouts::default();
+        let place =
+            |name: &str| shared.place(&work, u.as_fd(), OsStr::new(name), WhiteoutFormat::Overlay);
+        place("a").unwrap();
+        place("b").unwrap();
+        let meta = |n: &str| std::fs::symlink_metadata(upper.join(n)).unwrap();
+        let (a, b) = (meta("a"), meta("b"));
+        assert!(is_whiteout(
+            &sys::fstatat(u.as_fd(), OsStr::new("a")).unwrap()
+        ));
+        assert_eq!(
+            (a.ino(), a.nlink()),
+            (b.ino(), 3),
+            "a, b and the base are one inode"
+        );
+        assert_eq!(place("a").unwrap_err().raw_os_error(), Some(libc::EEXIST));
+        let bases = || -> Vec<_> {
+            std::fs::read_dir(&area)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect()
+        };
+        let base = bases().pop().unwrap();
+        // Fill the base up (ext4 allows 65,000 links; a filesystem without a limit, none).
+        let mut full = false;
+        for i in 0..70_000 {
+            match std::fs::hard_link(&base, t.path().join(format!("x{i}"))) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EMLINK) => {
+                    full = true;
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        if !full {
+            eprintln!("no link limit on this filesystem: the full base is not exercised");
+            return;
+        }
+        place("c").unwrap();
+        assert_ne!(meta("c").ino(), a.ino(), "a fresh base");
+        assert!(is_whiteout(
+            &sys::fstatat(u.as_fd(), OsStr::new("c")).unwrap()
+        ));
+        assert!(is_whiteout(
+            &sys::fstatat(u.as_fd(), OsStr::new("a")).unwrap()
+        ));
+        assert!(!base.exists(), "the full base left the work directory");
+        assert_eq!(bases().len(), 1);
+    }
 
     #[test]
     fn aufs_names() {

@@ -14,6 +14,9 @@ use crate::sys;
 /// Name of the temporary area inside the work directory.
 pub const WORK_SUBDIR: &str = "work";
 
+/// How the names of shared whiteout bases in the work area begin.
+pub const WHITEOUT_BASE_PREFIX: &str = "#lfs-whiteout.";
+
 #[derive(Debug)]
 pub struct WorkDir {
     fd: OwnedFd,
@@ -86,6 +89,13 @@ impl WorkDir {
     pub fn temp_name(&self) -> OsString {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         OsString::from(format!("#lfs{:x}.{n:x}", self.pid))
+    }
+
+    /// A fresh name for the whiteout that overlay whiteouts are linked from (kept for the
+    /// mount's life, as the kernel keeps its own; see `whiteout::SharedWhiteouts`).
+    pub fn whiteout_base_name(&self) -> OsString {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        OsString::from(format!("{WHITEOUT_BASE_PREFIX}{:x}.{n:x}", self.pid))
     }
 
     /// The owner (uid, gid) of an object the daemon has just created here.

@@ -28,7 +28,7 @@ fn parallel_copy_up_of_one_file() {
     for i in 0..8 {
         assert_eq!(data[i * 4096], b'0' + i as u8);
     }
-    assert!(names(&f.work.join("work")).is_empty());
+    assert!(temporaries(&f.work).is_empty());
 }
 
 #[test]
@@ -100,5 +100,5 @@ fn random_operations_from_many_threads() {
             );
         }
     }
-    assert!(names(&f.work.join("work")).is_empty());
+    assert!(temporaries(&f.work).is_empty());
 }

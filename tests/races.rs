@@ -173,7 +173,7 @@ fn two_renames_into_one_name() {
     let ours = snapshot(&m.path, false);
     assert_eq!(names(&m.path), ["t"]);
     drop(m);
-    assert!(names(&f.work.join("work")).is_empty(), "stray temporaries");
+    assert!(temporaries(&f.work).is_empty(), "stray temporaries");
     let k = f.kernel_mount();
     let theirs = snapshot(&k.path, false);
     assert!(diff("layerfs vs kernel", &ours, &theirs).is_empty());
@@ -214,7 +214,7 @@ fn unlink_during_copy_up() {
             is_whiteout(&f.upper.join("big")),
             "at {delay_us} us: no whiteout"
         );
-        assert!(names(&f.work.join("work")).is_empty(), "temporary left");
+        assert!(temporaries(&f.work).is_empty(), "temporary left");
         assert_eq!(
             fs::metadata(f.lower(0).join("big")).unwrap().len() as usize,
             size

@@ -287,7 +287,7 @@ fn eight_processes_then_consistent_with_the_kernel() {
 
     check_nlink(&m.path);
     let ours = snapshot(&m.path, false);
-    assert!(names(&f.work.join("work")).is_empty(), "stray temporaries");
+    assert!(temporaries(&f.work).is_empty(), "stray temporaries");
 
     // The kernel forgets everything it no longer uses; the daemon's table follows, and
     // so do its directory fds (only the layer roots' stay).

@@ -392,6 +392,15 @@ pub fn names(p: &Path) -> Vec<String> {
 }
 
 /// Is `p` an overlay whiteout (0/0 character device)?
+/// What the work area `WORKDIR/work` holds besides the whiteout that overlay whiteouts
+/// are linked from (kept for the mount's life, as kernel overlayfs keeps its own).
+pub fn temporaries(workdir: &Path) -> Vec<String> {
+    names(&workdir.join("work"))
+        .into_iter()
+        .filter(|n| !n.starts_with(layerfs::workdir::WHITEOUT_BASE_PREFIX))
+        .collect()
+}
+
 pub fn is_whiteout(p: &Path) -> bool {
     fs::symlink_metadata(p)
         .map(|m| m.file_type().is_char_device() && m.rdev() == 0)
