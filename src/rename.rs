@@ -25,6 +25,12 @@ struct Ends<'a> {
     newname: &'a OsStr,
 }
 
+impl<'a> Ends<'a> {
+    fn parts(&self) -> (&'a Arc<Inode>, &'a OsStr, &'a Arc<Inode>, &'a OsStr) {
+        (self.parent, self.name, self.newparent, self.newname)
+    }
+}
+
 /// What a rename does, once the kernel's checks have passed.
 enum RenamePlan {
     /// Source and target are the same name.
@@ -88,12 +94,7 @@ impl LayerFs {
     /// VFS type checks, EXDEV for directories that cannot move, then emptiness of a
     /// replaced directory. The caller holds both directories' names.
     fn plan_rename(&self, ends: &Ends<'_>, flags: u32) -> io::Result<RenamePlan> {
-        let Ends {
-            parent,
-            name,
-            newparent,
-            newname,
-        } = *ends;
+        let (parent, name, newparent, newname) = ends.parts();
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let (sst, splace) = self.existing(parent, name)?;
         let dst = self.found(newparent, newname)?;
@@ -165,23 +166,12 @@ impl LayerFs {
     /// RENAME_EXCHANGE: both objects copied up, swapped; a directory moving into a merged
     /// directory is made opaque (no lower directory of its new name may merge into it).
     fn exchange(&self, ends: &Ends<'_>, src: Found, (dst_st, dplace): Found) -> io::Result<()> {
-        let Ends {
-            parent,
-            name,
-            newparent,
-            newname,
-        } = *ends;
+        let (parent, name, newparent, newname) = ends.parts();
         let src_dir = is_dir(&src.0);
         let (snode, sdir, ddir) = self.source_copied_up(ends, src)?;
         let dnode = self.node_for(&dst_st, dplace)?;
         self.copy_up(&dnode, CopyData::Full)?;
-        sys::renameat2(
-            sdir.as_fd(),
-            name,
-            ddir.as_fd(),
-            newname,
-            libc::RENAME_EXCHANGE,
-        )?;
+        swap(&sdir, name, &ddir, newname)?;
         snode.rename(parent.ino, name, newparent.ino, newname);
         dnode.rename(newparent.ino, newname, parent.ino, name);
         if src_dir && is_merged(newparent) {
@@ -205,12 +195,7 @@ impl LayerFs {
         mut dst: Option<Found>,
         src_below: bool,
     ) -> io::Result<()> {
-        let Ends {
-            parent,
-            name,
-            newparent,
-            newname,
-        } = *ends;
+        let (parent, name, newparent, newname) = ends.parts();
         let src_dir = is_dir(&src.0);
         let (snode, sdir, ddir) = self.source_copied_up(ends, src)?;
         let victim = match &dst {
@@ -245,13 +230,7 @@ impl LayerFs {
         if src_dir && over == Some(WhiteoutFormat::Overlay) {
             // A directory cannot replace the whiteout: exchange, and the whiteout lands
             // at the old name.
-            sys::renameat2(
-                sdir.as_fd(),
-                name,
-                ddir.as_fd(),
-                newname,
-                libc::RENAME_EXCHANGE,
-            )?;
+            swap(&sdir, name, &ddir, newname)?;
             if !overlay_whiteout {
                 sys::unlinkat(sdir.as_fd(), name, false)?;
             }
@@ -314,4 +293,15 @@ impl LayerFs {
     fn mark_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         whiteout::set_opaque(dir, name, self.cfg.whiteout, self.cfg.xattr_ns)
     }
+}
+
+/// Exchanges `sdir/name` and `ddir/newname` in one step (RENAME_EXCHANGE).
+fn swap(sdir: &OwnedFd, name: &OsStr, ddir: &OwnedFd, newname: &OsStr) -> io::Result<()> {
+    sys::renameat2(
+        sdir.as_fd(),
+        name,
+        ddir.as_fd(),
+        newname,
+        libc::RENAME_EXCHANGE,
+    )
 }

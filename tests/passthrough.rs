@@ -8,15 +8,25 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 
+/// Mounts `f` with the extra arguments `opts`, logging every request; the daemon, the
+/// mount and the log's path.
+fn logged_mount<'a>(
+    f: &'a Fixture,
+    opts: &[&str],
+) -> (std::process::Child, Mounted<'a>, std::path::PathBuf) {
+    let log = f.dir.path().join("daemon.log");
+    let mut c = f.mount_command();
+    c.args(opts);
+    let (daemon, m) = f.spawn_logged(c, "layerfs=debug", &log);
+    (daemon, m, log)
+}
+
 /// Writes and reads through the mount with `opts`; returns the WRITE and READ requests the
 /// daemon saw for the upper file.
 fn requests(opts: &[&str]) -> (usize, usize) {
     let f = Fixture::new(1);
     put(f.lower(0), "lower", "from the lower layer\n");
-    let log = f.dir.path().join("daemon.log");
-    let mut c = f.mount_command();
-    c.args(opts);
-    let (mut daemon, m) = f.spawn_logged(c, "layerfs=debug", &log);
+    let (mut daemon, m, log) = logged_mount(&f, opts);
     let data = vec![7u8; 4 << 20];
     fs::write(m.p("new"), &data).unwrap();
     let h = fs::OpenOptions::new()
@@ -92,10 +102,7 @@ fn all_passes_lower_reads_through_and_holds_their_data() {
     require_fuse!();
     let f = Fixture::new(1);
     put(f.lower(0), "f", "lower data\n");
-    let log = f.dir.path().join("daemon.log");
-    let mut c = f.mount_command();
-    c.args(["-o", "passthrough=all"]);
-    let (mut daemon, m) = f.spawn_logged(c, "layerfs=debug", &log);
+    let (mut daemon, m, log) = logged_mount(&f, &["-o", "passthrough=all"]);
     let reader = fs::File::open(m.p("f")).unwrap();
     let mut got = vec![0u8; 11];
     reader.read_exact_at(&mut got, 0).unwrap();
@@ -170,10 +177,7 @@ fn without_passthrough_the_writeback_cache_gathers_writes() {
     require_fuse!();
     let f = Fixture::new(1);
     put(f.lower(0), "lower", "0123456789abcdef\n");
-    let log = f.dir.path().join("daemon.log");
-    let mut c = f.mount_command();
-    c.args(["-o", "passthrough=off"]);
-    let (mut daemon, m) = f.spawn_logged(c, "layerfs=debug", &log);
+    let (mut daemon, m, log) = logged_mount(&f, &["-o", "passthrough=off"]);
     let mut w = fs::File::create(m.p("new")).unwrap();
     for i in 0..1000u32 {
         w.write_all(&[(i % 251) as u8; 4096]).unwrap();
