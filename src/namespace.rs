@@ -1,7 +1,10 @@
 //! Namespace operations: creating, linking, removing and renaming names.
 //!
-//! New objects are built in the work directory, given their owner and mode there, and
-//! renamed into the upper layer in one step (exchanging with a whiteout they replace).
+//! A new object is made in place when one call can make it whole, as kernel overlayfs
+//! does: no whiteout to replace, no ACL or override xattr to add, and its owner given at
+//! birth (the thread's fsuid and fsgid). Otherwise it is built in the work directory, given
+//! its owner, mode and xattrs there, and renamed into the upper layer in one step
+//! (exchanging with a whiteout it replaces).
 //! Removing something a lower layer still shows leaves a whiteout.
 
 use std::ffi::{OsStr, OsString};
@@ -72,6 +75,12 @@ struct InheritedAcls {
     default: Option<Vec<u8>>,
 }
 
+impl InheritedAcls {
+    fn is_empty(&self) -> bool {
+        self.access.is_none() && self.default.is_none()
+    }
+}
+
 /// The permission bits and ACLs of a new object of type `fmt` created with `mode` by
 /// `caller` in the upper directory `dir`: shaped by the directory's default ACL when it has
 /// one (a directory also inherits the default ACL itself), else by the caller's umask.
@@ -133,6 +142,28 @@ impl LayerFs {
             over,
             opaque,
         })
+    }
+
+    /// Whether the daemon's thread can create an object in the upper directory whose stat
+    /// is `dir` owned by `uid`:`gid` from birth: as it is, or with its fsuid and fsgid
+    /// switched for as long as the returned guard lives.
+    fn born_as(&self, dir: &Stat, uid: u32, gid: u32) -> Option<Option<sys::FsIds>> {
+        let (euid, egid) = sys::effective_ids();
+        let own_gid = if dir.st_mode & libc::S_ISGID != 0 {
+            dir.st_gid
+        } else {
+            egid
+        };
+        if (uid, gid) == (euid, own_gid) {
+            return Some(None);
+        }
+        match sys::FsIds::switch(uid, gid) {
+            Ok(ids) => Some(Some(ids)),
+            Err(e) => {
+                log::debug!("cannot create as {uid}:{gid} in place: {e}");
+                None
+            }
+        }
     }
 
     /// Builds an object with `build` in the work directory and renames it into `slot`.
@@ -234,20 +265,20 @@ impl LayerFs {
         let (wformat, ns) = (self.cfg.whiteout, self.cfg.xattr_ns);
         let keeps_overrides = self.upper_keeps_overrides();
         let mut opened = None;
-        self.install(&slot, |work, tmp| {
-            let created = own.mode & 0o777;
-            let make = libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-            let create_file = || sys::openat(work, tmp, make | libc::O_WRONLY, created).map(drop);
+        // Makes the object as `dir/name` with permission bits `perm`.
+        let mut make = |dir: BorrowedFd<'_>, name: &OsStr, perm: u32| -> io::Result<()> {
+            let excl = libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+            let create_file = || sys::openat(dir, name, excl | libc::O_WRONLY, perm).map(drop);
             match (&object, open) {
                 // Its creator may read it without touching its access time.
                 (NewObject::File { .. }, Some(flags)) => {
-                    let flags = make | libc::O_NOATIME | self.real_flags(flags);
-                    opened = Some(sys::openat(work, tmp, flags, created)?);
+                    let flags = excl | libc::O_NOATIME | self.real_flags(flags);
+                    opened = Some(sys::openat(dir, name, flags, perm)?);
                 }
                 (NewObject::File { .. }, None) => create_file()?,
-                (NewObject::Dir { .. }, _) => sys::mkdirat(work, tmp, created)?,
+                (NewObject::Dir { .. }, _) => sys::mkdirat(dir, name, perm)?,
                 (NewObject::Node { rdev, .. }, _) => {
-                    match sys::mknodat(work, tmp, fmt | created, *rdev) {
+                    match sys::mknodat(dir, name, fmt | perm, *rdev) {
                         // Without the right to make devices, an upper that keeps overrides
                         // records the device in a regular file's override.
                         Err(e) if e.raw_os_error() == Some(libc::EPERM) && keeps_overrides => {
@@ -256,27 +287,40 @@ impl LayerFs {
                         r => r?,
                     }
                 }
-                (NewObject::Symlink { target }, _) => sys::symlinkat(target, work, tmp)?,
-            }
-            // What the object is to show as (the parent's stat as a template).
-            let mut shown = pst;
-            shown.st_mode = fmt | own.mode;
-            (shown.st_uid, shown.st_gid) = (own.uid, own.gid);
-            if let NewObject::Node { rdev, .. } = object {
-                shown.st_rdev = rdev;
-            }
-            self.give_owner_mode(work, tmp, &shown, created)?;
-            let target = sys::XattrTarget::at(work, tmp)?;
-            for (name, value) in [(acl::ACCESS, &acls.access), (acl::DEFAULT, &acls.default)] {
-                if let Some(v) = value {
-                    target.set(OsStr::new(name), v, 0)?;
-                }
-            }
-            if fmt == libc::S_IFDIR && slot.opaque {
-                whiteout::set_opaque(work, tmp, wformat, ns)?;
+                (NewObject::Symlink { target }, _) => sys::symlinkat(target, dir, name)?,
             }
             Ok(())
-        })?;
+        };
+        let in_place = slot.over.is_none() && acls.is_empty() && !keeps_overrides;
+        if in_place && let Some(_ids) = self.born_as(&pst, own.uid, own.gid) {
+            // As the kernel does where no whiteout is in the way: made in place with its
+            // owner, permission bits and setgid inheritance (mkdir drops setuid/setgid
+            // bits; a directory's setgid comes from its parent, as `ownership` has it).
+            make(slot.dir.as_fd(), &slot.name, own.mode & 0o7777)?;
+        } else {
+            self.install(&slot, |work, tmp| {
+                let created = own.mode & 0o777;
+                make(work, tmp, created)?;
+                // What the object is to show as (the parent's stat as a template).
+                let mut shown = pst;
+                shown.st_mode = fmt | own.mode;
+                (shown.st_uid, shown.st_gid) = (own.uid, own.gid);
+                if let NewObject::Node { rdev, .. } = object {
+                    shown.st_rdev = rdev;
+                }
+                self.give_owner_mode(work, tmp, &shown, created)?;
+                let target = sys::XattrTarget::at(work, tmp)?;
+                for (name, value) in [(acl::ACCESS, &acls.access), (acl::DEFAULT, &acls.default)] {
+                    if let Some(v) = value {
+                        target.set(OsStr::new(name), v, 0)?;
+                    }
+                }
+                if fmt == libc::S_IFDIR && slot.opaque {
+                    whiteout::set_opaque(work, tmp, wformat, ns)?;
+                }
+                Ok(())
+            })?;
+        }
         let (_, attr) = self.lookup_in(&parent, name)?;
         Ok((attr, opened))
     }
@@ -292,9 +336,13 @@ impl LayerFs {
         self.copy_up(&node, CopyData::Full)?;
         let slot = self.slot(&newparent, newname)?;
         let (src_dir, src_name) = self.parent_fd(0, &node)?;
-        self.install(&slot, |work, tmp| {
-            sys::linkat(src_dir.as_fd(), &src_name, work, tmp)
-        })?;
+        if slot.over.is_none() {
+            sys::linkat(src_dir.as_fd(), &src_name, slot.dir.as_fd(), &slot.name)?;
+        } else {
+            self.install(&slot, |work, tmp| {
+                sys::linkat(src_dir.as_fd(), &src_name, work, tmp)
+            })?;
+        }
         self.lookup_in(&newparent, newname).map(|(_, a)| a)
     }
 

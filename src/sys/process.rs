@@ -165,7 +165,148 @@ pub fn getegid() -> u32 {
     unsafe { libc::getegid() }
 }
 
+/// The process's effective (uid, gid), read once: the daemon never changes them.
+pub fn effective_ids() -> (u32, u32) {
+    static IDS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *IDS.get_or_init(|| (geteuid(), getegid()))
+}
+
 pub fn getgid() -> u32 {
     // SAFETY: getgid cannot fail.
     unsafe { libc::getgid() }
+}
+
+/// The `capget`/`capset` header and data (version 3: two 32-bit words per set).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+thread_local! {
+    /// The calling thread's capabilities, read once: an [`FsIds`] puts them back.
+    static THREAD_CAPS: std::cell::Cell<Option<[CapData; 2]>> = const { std::cell::Cell::new(None) };
+}
+
+fn thread_caps() -> io::Result<[CapData; 2]> {
+    if let Some(caps) = THREAD_CAPS.get() {
+        return Ok(caps);
+    }
+    let mut head = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut caps = [CapData::default(); 2];
+    // SAFETY: `head` and `caps` are the version-3 header and two data words capget fills.
+    check(unsafe { libc::syscall(libc::SYS_capget, &mut head, caps.as_mut_ptr()) as libc::c_int })?;
+    THREAD_CAPS.set(Some(caps));
+    Ok(caps)
+}
+
+fn set_thread_caps(caps: &[CapData; 2]) -> io::Result<()> {
+    let mut head = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: capset reads the header and two data words; pid 0 is the calling thread.
+    check(unsafe { libc::syscall(libc::SYS_capset, &mut head, caps.as_ptr()) as libc::c_int })
+        .map(drop)
+}
+
+/// setfsuid/setfsgid of the calling thread only (the raw calls: no libc broadcast to the
+/// other threads); returns the previous id.
+fn set_fs_id(group: bool, id: u32) -> u32 {
+    let call = if group {
+        libc::SYS_setfsgid
+    } else {
+        libc::SYS_setfsuid
+    };
+    // SAFETY: setfsuid/setfsgid take an id and only change the calling thread's credentials.
+    unsafe { libc::syscall(call, id) as u32 }
+}
+
+/// The calling thread acting on files as `uid`:`gid` (its fsuid and fsgid) with its
+/// capabilities kept, until dropped: kernel overlayfs creates upper objects so, with the
+/// caller's ids and the mounter's capabilities, and the object is born with its owner.
+pub struct FsIds {
+    uid: u32,
+    gid: u32,
+    caps: [CapData; 2],
+}
+
+impl FsIds {
+    /// Switches the calling thread's fsuid and fsgid; EPERM if the kernel did not take them.
+    pub fn switch(uid: u32, gid: u32) -> io::Result<FsIds> {
+        let caps = thread_caps()?;
+        let guard = FsIds {
+            uid: set_fs_id(false, uid),
+            gid: set_fs_id(true, gid),
+            caps,
+        };
+        // An id that is not taken reads back unchanged (-1 is never a valid id).
+        if set_fs_id(false, u32::MAX) != uid || set_fs_id(true, u32::MAX) != gid {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        // A non-zero fsuid drops the file capabilities from the effective set.
+        set_thread_caps(&guard.caps)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for FsIds {
+    fn drop(&mut self) {
+        set_fs_id(false, self.uid);
+        set_fs_id(true, self.gid);
+        if let Err(e) = set_thread_caps(&self.caps) {
+            log::error!("restoring the thread's capabilities failed: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A thread switched to 1000:1000 creates as that owner, still with the capabilities
+    /// to write where only root may (a 0700 root directory), and is itself again after.
+    #[test]
+    fn fs_ids_switch_only_the_owner_of_what_is_made() {
+        if geteuid() != 0 {
+            eprintln!("needs root: skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let d = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            {
+                let _ids = FsIds::switch(1000, 1000).unwrap();
+                std::fs::write(d.join("theirs"), "x").unwrap();
+            }
+            std::fs::write(d.join("mine"), "x").unwrap();
+        })
+        .join()
+        .unwrap();
+        let owner = |n: &str| {
+            let m = std::fs::metadata(dir.path().join(n)).unwrap();
+            (m.uid(), m.gid())
+        };
+        assert_eq!(owner("theirs"), (1000, 1000));
+        assert_eq!(owner("mine"), (0, 0));
+    }
 }
