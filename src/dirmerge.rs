@@ -9,8 +9,6 @@ use std::os::fd::AsFd;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use std::path::Path;
-
 use crate::inode::{Ino, Inode, Place};
 use crate::layers::LayerId;
 use crate::sys;
@@ -182,11 +180,12 @@ impl LayerFs {
         self.lookup_in(parent, &e.name).map(|(_, a)| a)
     }
 
-    /// Whether the directory at `path`, held by the layers of `place`, shows no entries.
-    pub(crate) fn is_empty_dir(&self, path: &Path, place: &Place) -> io::Result<bool> {
+    /// Whether the directory of `place` in `parent` shows no entries.
+    pub(crate) fn is_empty_dir(&self, parent: &Inode, place: &Place) -> io::Result<bool> {
         let open = |lid| {
-            let l = self.layers.get(lid);
-            Ok(Arc::new(l.open(path, libc::O_PATH | libc::O_DIRECTORY)?))
+            let (dir, name) = self.lookup_base(lid, parent, &place.at(lid))?;
+            let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+            Ok(Arc::new(sys::openat(dir.as_fd(), &name, flags, 0)?))
         };
         Ok(merge(self.layer_listings(place, open)?).is_empty())
     }

@@ -51,6 +51,21 @@ pub struct Place {
     /// removed directory, a walk racing the removal); this keeps the object reachable and
     /// its real inode number from being reused until the kernel forgets the inode.
     pub held: Option<(LayerId, Arc<OwnedFd>)>,
+    /// Where each layer of `lowers` holds the object, one entry per lower, when some
+    /// lower holds it elsewhere than at `name` in the parent's directory of that layer (a
+    /// redirect was followed); empty otherwise.
+    pub lower_at: Vec<LowerAt>,
+    /// The redirect the upper object carries, as read at lookup or set by a rename.
+    pub redirect: Option<OsString>,
+}
+
+/// Where a lower layer holds an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LowerAt {
+    /// This name in the parent's directory of that layer.
+    Name(OsString),
+    /// This path below the layer's root (an absolute redirect, without its leading '/').
+    Path(std::path::PathBuf),
 }
 
 impl Place {
@@ -66,7 +81,33 @@ impl Place {
             unlinked: false,
             deleted: false,
             held: None,
+            lower_at: Vec::new(),
+            redirect: None,
         }
+    }
+
+    /// Where layer `layer` holds the object: its name in the parent's directory of that
+    /// layer, or a path from the layer's root.
+    pub fn at(&self, layer: LayerId) -> LowerAt {
+        self.lowers
+            .iter()
+            .position(|&l| l == layer)
+            .and_then(|i| self.lower_at.get(i))
+            .cloned()
+            .unwrap_or_else(|| LowerAt::Name(self.name.clone()))
+    }
+
+    /// Adds lower `layer`, which holds the object at `at`.
+    pub fn push_lower(&mut self, layer: LayerId, at: LowerAt) {
+        let explicit = !self.lower_at.is_empty();
+        if explicit || at != LowerAt::Name(self.name.clone()) {
+            if !explicit {
+                let plain = LowerAt::Name(self.name.clone());
+                self.lower_at = vec![plain; self.lowers.len()];
+            }
+            self.lower_at.push(at);
+        }
+        self.lowers.push(layer);
     }
 
     /// The layer whose object the mount shows.
@@ -254,6 +295,13 @@ impl Inode {
 
     /// The directory holding the object and its name there (without copying the rest of
     /// the place); `None` once the object has no name.
+    /// The parent and where `layer` holds the object in it (see [`Place::at`]); `None`
+    /// once every name is gone.
+    pub fn located(&self, layer: LayerId) -> Option<(Ino, LowerAt)> {
+        let p = self.place.read();
+        (!p.unlinked).then(|| (p.parent, p.at(layer)))
+    }
+
     pub fn parent_and_name(&self) -> Option<(Ino, OsString)> {
         let p = self.place.read();
         (!p.unlinked).then(|| (p.parent, p.name.clone()))
@@ -298,6 +346,7 @@ impl Inode {
         p.upper = true;
         if !self.is_dir() {
             p.lowers.clear();
+            p.lower_at.clear();
         }
         self.copied_up.store(true, Ordering::Release);
     }
@@ -313,6 +362,13 @@ impl Inode {
                 .retain(|(i, n)| !(*i == old_parent && n == old_name));
             p.other_names.push(new);
         }
+    }
+
+    /// Records a moved directory's redirect and where its lowers now hold it.
+    pub fn set_redirected(&self, r: crate::redirect::Redirected) {
+        let mut p = self.place.write();
+        p.redirect = Some(r.redirect);
+        p.lower_at = r.lower_at;
     }
 
     /// Forgets the name `parent/name` (unlinked or replaced); another known name, if any,
@@ -521,6 +577,23 @@ impl InodeTable {
 mod tests {
     use super::*;
 
+    #[test]
+    fn lowers_held_elsewhere_are_located_each() {
+        let mut p = Place::found(ROOT, OsStr::new("b"), 0, true);
+        p.push_lower(1, LowerAt::Name("a".into()));
+        p.push_lower(2, LowerAt::Path("x/a".into()));
+        assert_eq!(p.lowers, vec![1, 2]);
+        assert_eq!(p.at(0), LowerAt::Name("b".into()));
+        assert_eq!(p.at(1), LowerAt::Name("a".into()));
+        assert_eq!(p.at(2), LowerAt::Path("x/a".into()));
+        let mut plain = Place::found(ROOT, OsStr::new("b"), 1, false);
+        plain.push_lower(2, LowerAt::Name("b".into()));
+        assert!(plain.lower_at.is_empty());
+        plain.push_lower(3, LowerAt::Name("c".into()));
+        assert_eq!(plain.at(2), LowerAt::Name("b".into()));
+        assert_eq!(plain.at(3), LowerAt::Name("c".into()));
+    }
+
     fn place(parent: Ino, name: &str) -> Place {
         Place {
             parent,
@@ -531,6 +604,8 @@ mod tests {
             unlinked: false,
             deleted: false,
             held: None,
+            lower_at: Vec::new(),
+            redirect: None,
         }
     }
 

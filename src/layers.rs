@@ -148,6 +148,12 @@ impl Layers {
         &self.layers[usize::from(self.has_upper)..]
     }
 
+    /// The lower layers below layer `id`, topmost first.
+    pub fn below(&self, id: LayerId) -> impl Iterator<Item = LayerId> + use<> {
+        let n = self.layers.len();
+        (usize::from(id) + 1..n).filter_map(|i| LayerId::try_from(i).ok())
+    }
+
     pub fn get(&self, id: LayerId) -> &Layer {
         &self.layers[usize::from(id)]
     }

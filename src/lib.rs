@@ -21,6 +21,7 @@ pub mod namespace;
 pub mod numbers;
 pub mod options;
 pub mod privs;
+pub mod redirect;
 pub mod rename;
 pub mod setup;
 pub mod statoverride;

@@ -291,12 +291,19 @@ impl LayerFs {
             }
             Ok(())
         };
+        // With redirect_dir=on the kernel makes a new directory in a merged one opaque
+        // (nothing below can merge into it), as it does one that replaces a whiteout.
+        let opaque = fmt == libc::S_IFDIR
+            && (slot.opaque || (self.cfg.redirect.writes() && is_merged(&parent)));
         let in_place = slot.over.is_none() && acls.is_empty() && !keeps_overrides;
         if in_place && let Some(_ids) = self.born_as(&pst, own.uid, own.gid) {
             // As the kernel does where no whiteout is in the way: made in place with its
             // owner, permission bits and setgid inheritance (mkdir drops setuid/setgid
             // bits; a directory's setgid comes from its parent, as `ownership` has it).
             make(slot.dir.as_fd(), &slot.name, own.mode & 0o7777)?;
+            if opaque {
+                whiteout::set_opaque(slot.dir.as_fd(), &slot.name, wformat, ns)?;
+            }
         } else {
             self.install(&slot, |work, tmp| {
                 let created = own.mode & 0o777;
@@ -315,7 +322,7 @@ impl LayerFs {
                         target.set(OsStr::new(name), v, 0)?;
                     }
                 }
-                if fmt == libc::S_IFDIR && slot.opaque {
+                if opaque {
                     whiteout::set_opaque(work, tmp, wformat, ns)?;
                 }
                 Ok(())
@@ -428,13 +435,13 @@ impl LayerFs {
             (false, true) => return Err(errno(libc::ENOTDIR)),
             _ => {}
         }
-        if want_dir && !self.is_empty_dir(&self.path_of(parent.ino)?.join(name), &place)? {
+        if want_dir && !self.is_empty_dir(&parent, &place)? {
             return Err(errno(libc::ENOTEMPTY));
         }
         let mut held = node.as_ref().and_then(|_| self.hold(&parent, name, &place));
         if place.upper {
             let dir = self.dir_fd(upper.id, &parent)?;
-            if !place.lowers.is_empty() || self.lower_visible(&parent, name)? {
+            if self.name_below(&parent, name, &place)? {
                 self.whiteout_over(dir.as_fd(), name, want_dir)?;
             } else {
                 self.remove_upper(dir.as_fd(), name, want_dir)?;

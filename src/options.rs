@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use crate::idmap::{IdMap, Owners};
 use crate::layers::MAX_LOWERS;
+use crate::redirect::RedirectDir;
 use crate::statoverride::OverrideXattr;
 use crate::whiteout::WhiteoutFormat;
 
@@ -79,6 +80,8 @@ pub struct MountSpec {
     pub passthrough: Passthrough,
     /// `xattr_permissions=1|2`: the upper keeps owner and mode in this xattr.
     pub xattr_permissions: Option<OverrideXattr>,
+    /// `redirect_dir=`: whether directory redirects are followed and written.
+    pub redirect_dir: RedirectDir,
 }
 
 /// Which opens pass file data straight between the kernel and a layer's file (FUSE
@@ -216,6 +219,7 @@ impl MountSpec {
             xattrs: true,
             passthrough: Passthrough::Writes,
             xattr_permissions: None,
+            redirect_dir: RedirectDir::Off,
         }
     }
 
@@ -341,9 +345,17 @@ impl MountSpec {
             // SELinux labels: accepted; nothing to apply while SELinux is not in use.
             "context" | "fscontext" | "defcontext" | "rootcontext" => drop(text(value)?),
             // Kernel overlayfs features layerfs does not have yet: only "off" is accepted.
-            "redirect_dir" | "index" | "metacopy" | "xino" | "nfs_export" => {
+            "redirect_dir" => {
                 let v = text(value)?;
-                if v != "off" && !(key == "redirect_dir" && v == "nofollow") {
+                self.redirect_dir = RedirectDir::parse(&v).ok_or_else(|| {
+                    UsageError(format!(
+                        "option 'redirect_dir' takes on, follow, nofollow or off, not '{v}'"
+                    ))
+                })?;
+            }
+            "index" | "metacopy" | "xino" | "nfs_export" => {
+                let v = text(value)?;
+                if v != "off" {
                     return usage(format!("option '{key}={v}' is not supported (only 'off')"));
                 }
             }
@@ -642,7 +654,12 @@ mod tests {
             spec("lowerdir=/a").unwrap().passthrough,
             Passthrough::Writes
         );
-        assert!(spec("lowerdir=/a,redirect_dir=on").is_err());
+        assert!(spec("lowerdir=/a,redirect_dir=maybe").is_err());
+        assert!(spec("lowerdir=/a,index=on").is_err());
+        assert_eq!(
+            spec("lowerdir=/a,redirect_dir=on").unwrap().redirect_dir,
+            RedirectDir::On
+        );
         assert!(spec("upperdir=/u").unwrap().check().is_err());
     }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::copyup::CopyData;
 use crate::inode::{Ino, Inode, Place};
 use crate::namespace::{drop_name, is_merged};
+use crate::redirect::Redirected;
 use crate::sys::{self, Stat};
 use crate::union::{LayerFs, Resolved, check_new_name, errno, is_dir};
 use crate::whiteout::{self, WhiteoutFormat};
@@ -124,17 +125,15 @@ impl LayerFs {
                 _ => {}
             }
         }
-        if src_dir && !splace.lowers.is_empty() {
+        let can_move = self.cfg.redirect.writes();
+        if src_dir && !splace.lowers.is_empty() && !can_move {
             return Err(errno(libc::EXDEV));
         }
         if let Some((dst_st, dplace)) = &dst {
-            if is_dir(dst_st) && exchange && !dplace.lowers.is_empty() {
+            if is_dir(dst_st) && exchange && !dplace.lowers.is_empty() && !can_move {
                 return Err(errno(libc::EXDEV));
             }
-            if is_dir(dst_st)
-                && !exchange
-                && !self.is_empty_dir(&self.path_of(newparent.ino)?.join(newname), dplace)?
-            {
+            if is_dir(dst_st) && !exchange && !self.is_empty_dir(newparent, dplace)? {
                 return Err(errno(libc::ENOTEMPTY));
             }
         }
@@ -142,7 +141,7 @@ impl LayerFs {
         Ok(match dst {
             Some(dst) if exchange => RenamePlan::Exchange { src, dst },
             dst => RenamePlan::Move {
-                src_below: !src.1.lowers.is_empty() || self.lower_visible(parent, name)?,
+                src_below: self.name_below(parent, name, &src.1)?,
                 src,
                 dst,
             },
@@ -167,17 +166,25 @@ impl LayerFs {
     /// directory is made opaque (no lower directory of its new name may merge into it).
     fn exchange(&self, ends: &Ends<'_>, src: Found, (dst_st, dplace): Found) -> io::Result<()> {
         let (parent, name, newparent, newname) = ends.parts();
-        let src_dir = is_dir(&src.0);
+        let same_parent = parent.ino == newparent.ino;
         let (snode, sdir, ddir) = self.source_copied_up(ends, src)?;
         let dnode = self.node_for(&dst_st, dplace)?;
         self.copy_up(&dnode, CopyData::Full)?;
+        let sred = self.before_move(&snode, &sdir, name, same_parent)?;
+        let dred = self.before_move(&dnode, &ddir, newname, same_parent)?;
         swap(&sdir, name, &ddir, newname)?;
         snode.rename(parent.ino, name, newparent.ino, newname);
         dnode.rename(newparent.ino, newname, parent.ino, name);
-        if src_dir && is_merged(newparent) {
+        // A directory without lowers moving into a merged directory is made opaque (no
+        // lower directory of its new name may merge into it).
+        if let Some(r) = sred {
+            snode.set_redirected(r);
+        } else if snode.is_dir() && is_merged(newparent) {
             self.mark_opaque(ddir.as_fd(), newname)?;
         }
-        if dnode.is_dir() && is_merged(parent) {
+        if let Some(r) = dred {
+            dnode.set_redirected(r);
+        } else if dnode.is_dir() && is_merged(parent) {
             self.mark_opaque(sdir.as_fd(), name)?;
         }
         Ok(())
@@ -213,7 +220,8 @@ impl LayerFs {
         {
             dst = self.found(newparent, newname)?;
         }
-        if src_dir && is_merged(newparent) {
+        let redirected = self.before_move(&snode, &sdir, name, parent.ino == newparent.ino)?;
+        if src_dir && redirected.is_none() && is_merged(newparent) {
             self.mark_opaque(sdir.as_fd(), name)?;
         }
         if src_below && self.cfg.whiteout == WhiteoutFormat::Aufs {
@@ -267,7 +275,27 @@ impl LayerFs {
             }
         }
         snode.rename(parent.ino, name, newparent.ino, newname);
+        if let Some(r) = redirected {
+            snode.set_redirected(r);
+        }
         Ok(())
+    }
+
+    /// For a directory that lower layers hold, about to move from the upper `dir/name`:
+    /// its redirect, written (see [`LayerFs::redirect_before_move`]); `None` for anything
+    /// else.
+    fn before_move(
+        &self,
+        node: &Inode,
+        dir: &OwnedFd,
+        name: &OsStr,
+        same_parent: bool,
+    ) -> io::Result<Option<Redirected>> {
+        if !node.is_dir() || node.place().lowers.is_empty() {
+            return Ok(None);
+        }
+        self.redirect_before_move(node, dir.as_fd(), name, same_parent)
+            .map(Some)
     }
 
     /// Replaces the upper directory `dir/name` by an empty one (opaque if `opaque`), in one

@@ -215,6 +215,7 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
             xattrs: spec.xattrs,
             passthrough: passthrough(spec, &flags),
             atime,
+            redirect: spec.redirect_dir,
         },
         mountpoint,
         flags,

@@ -9,7 +9,7 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -17,10 +17,11 @@ use crate::creds::{CAP_FSETID, ProcessCreds};
 use crate::dirfds::DirFds;
 use crate::handles::{HandleTable, OpenDir, OpenFile};
 use crate::idmap::Owners;
-use crate::inode::{Ino, Inode, InodeTable, Place, ROOT};
+use crate::inode::{Ino, Inode, InodeTable, LowerAt, Place, ROOT};
 use crate::layers::{LayerId, Layers};
 use crate::numbers::InoNumbers;
 use crate::options::{Atime, Passthrough};
+use crate::redirect::{self, RedirectDir};
 use crate::sys::{self, Stat, XattrTarget};
 use crate::whiteout::{self, SharedWhiteouts, WhiteoutFormat, XattrNs};
 use crate::workdir::WorkDir;
@@ -45,6 +46,8 @@ pub struct FsConfig {
     /// `passthrough=off`, under relatime/strictatime (whose reads the daemon must see)
     /// and where the kernel would refuse it.
     pub passthrough: Passthrough,
+    /// Whether directory redirects are followed and written (`redirect_dir=`).
+    pub redirect: RedirectDir,
 }
 
 impl Default for FsConfig {
@@ -57,6 +60,7 @@ impl Default for FsConfig {
             xattrs: true,
             atime: Atime::Never,
             passthrough: Passthrough::Off,
+            redirect: RedirectDir::Off,
         }
     }
 }
@@ -201,6 +205,8 @@ impl LayerFs {
             unlinked: false,
             deleted: false,
             held: None,
+            lower_at: Vec::new(),
+            redirect: None,
         };
         let numbers = InoNumbers::new(layers.fs_indexes(), layers.upper().is_some());
         Ok(LayerFs {
@@ -279,8 +285,8 @@ impl LayerFs {
         if node.ino == ROOT {
             return Ok((self.dir_fd(layer, node)?, OsString::new()));
         }
-        let (parent, name) = node.parent_and_name().ok_or_else(|| errno(libc::ENOENT))?;
-        Ok((self.dir_fd(layer, &*self.node(parent)?)?, name))
+        let (parent, at) = node.located(layer).ok_or_else(|| errno(libc::ENOENT))?;
+        self.lookup_base(layer, &*self.node(parent)?, &at)
     }
 
     /// An `O_PATH` fd of directory `dir`'s object in `layer` (ENOENT where the layer has
@@ -294,8 +300,7 @@ impl LayerFs {
             let fd = self.layers.get(layer).open_dir(Path::new(""))?;
             return Ok(self.dirfds.insert(key, fd));
         }
-        let (parent, name) = dir.parent_and_name().ok_or_else(|| errno(libc::ENOENT))?;
-        let pfd = self.dir_fd(layer, &*self.node(parent)?)?;
+        let (pfd, name) = self.parent_fd(layer, dir)?;
         let fd = sys::openat(
             pfd.as_fd(),
             &name,
@@ -312,6 +317,28 @@ impl LayerFs {
             }
         }
         Ok(self.dirfds.insert(key, fd))
+    }
+
+    /// The directory of `layer` to look a name up in, and the name, for a lookup in
+    /// `parent` that is at `at` in that layer.
+    pub(crate) fn lookup_base(
+        &self,
+        layer: LayerId,
+        parent: &Inode,
+        at: &LowerAt,
+    ) -> io::Result<(Arc<OwnedFd>, OsString)> {
+        match at {
+            LowerAt::Name(n) => Ok((self.dir_fd(layer, parent)?, n.clone())),
+            LowerAt::Path(p) => self.layer_path_base(layer, p),
+        }
+    }
+
+    /// The parent directory of `path` in `layer` (an `O_PATH` fd) and its last name.
+    fn layer_path_base(&self, layer: LayerId, path: &Path) -> io::Result<(Arc<OwnedFd>, OsString)> {
+        let leaf = path.file_name().ok_or_else(|| errno(libc::EINVAL))?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let fd = self.layers.get(layer).open_dir(dir)?;
+        Ok((Arc::new(fd), leaf.to_os_string()))
     }
 
     /// Where `node`'s object in `layer` is reached: as [`Self::parent_fd`], or for an
@@ -350,17 +377,22 @@ impl LayerFs {
         let pplace = parent.place();
         let mut found: Option<(Stat, Place)> = None;
         let mut upper_whiteout = None;
-        let all: Vec<LayerId> = pplace.layers().collect();
-        for (i, &lid) in all.iter().enumerate() {
-            let dir = match self.dir_fd(lid, parent) {
+        let mut layers: Vec<LayerId> = pplace.layers().collect();
+        // Where the next layer holds the name: changed by the redirects met on the way.
+        let mut at = LowerAt::Name(name.to_os_string());
+        let mut i = 0;
+        while i < layers.len() {
+            let lid = layers[i];
+            i += 1;
+            let (dir, leaf) = match self.lookup_base(lid, parent, &at) {
                 Ok(d) => d,
-                Err(e) if is_enoent(&e) => continue,
+                Err(e) if is_enoent(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => continue,
                 Err(e) => return Err(e),
             };
-            let st = match sys::fstatat(dir.as_fd(), name) {
+            let st = match sys::fstatat(dir.as_fd(), &leaf) {
                 Ok(st) => st,
                 Err(e) if is_enoent(&e) => {
-                    if whiteout::has_aufs_whiteout(dir.as_fd(), name)? {
+                    if whiteout::has_aufs_whiteout(dir.as_fd(), &leaf)? {
                         if found.is_none() && self.layers.is_upper(lid) {
                             upper_whiteout = Some(WhiteoutFormat::Aufs);
                         }
@@ -376,27 +408,50 @@ impl LayerFs {
                 }
                 break;
             }
-            let last = i + 1 == all.len();
-            match &mut found {
+            let upper = self.layers.is_upper(lid);
+            let place = match &mut found {
                 None => {
                     let mut st = st;
-                    self.apply_override(lid, || XattrTarget::at(dir.as_fd(), name), &mut st)?;
-                    let place = Place::found(parent.ino, name, lid, self.layers.is_upper(lid));
-                    let dir_here = is_dir(&st);
-                    found = Some((st, place));
-                    if !dir_here || last || whiteout::is_opaque(dir.as_fd(), name)? {
-                        break;
+                    self.apply_override(lid, || XattrTarget::at(dir.as_fd(), &leaf), &mut st)?;
+                    let mut place = Place::found(parent.ino, name, lid, upper);
+                    if !upper && at != LowerAt::Name(name.to_os_string()) {
+                        place.lower_at = vec![at.clone()];
                     }
+                    &mut found.insert((st, place)).1
                 }
                 Some((_, place)) => {
                     if !is_dir(&st) {
                         break;
                     }
-                    place.lowers.push(lid);
-                    if last || whiteout::is_opaque(dir.as_fd(), name)? {
-                        break;
-                    }
+                    place.push_lower(lid, at.clone());
+                    place
                 }
+            };
+            if !is_dir(&st) {
+                break;
+            }
+            let mut absolute = false;
+            let wanted = upper || i < layers.len();
+            if wanted && let Some(r) = redirect::read(dir.as_fd(), &leaf, self.cfg.xattr_ns)? {
+                if i < layers.len() && !self.cfg.redirect.follows() {
+                    log::warn!(
+                        "refusing to follow the redirect of {name:?} (redirect_dir=nofollow)"
+                    );
+                    return Err(errno(libc::EPERM));
+                }
+                absolute = redirect::is_absolute(&r);
+                at = redirect::follow(&at, &r);
+                if absolute {
+                    // Looked up from the roots of every layer below this one.
+                    layers.truncate(i);
+                    layers.extend(self.layers.below(lid));
+                }
+                if upper {
+                    place.redirect = Some(r);
+                }
+            }
+            if i == layers.len() || (!absolute && whiteout::is_opaque(dir.as_fd(), &leaf)?) {
+                break;
             }
         }
         Ok(match found {
@@ -528,6 +583,21 @@ impl LayerFs {
 
     /// Whether a lower layer below `parent` shows something at `name` (so removing the
     /// upper object must leave a whiteout).
+    /// Whether a lower layer shows something at `parent/name`, which holds the object of
+    /// `place` (so that removing or moving it needs a whiteout there): as
+    /// [`Self::lower_visible`], known at once for an object its lowers hold by that name.
+    pub(crate) fn name_below(
+        &self,
+        parent: &Inode,
+        name: &OsStr,
+        place: &Place,
+    ) -> io::Result<bool> {
+        if !place.lowers.is_empty() && place.lower_at.is_empty() {
+            return Ok(true);
+        }
+        self.lower_visible(parent, name)
+    }
+
     pub(crate) fn lower_visible(&self, parent: &Inode, name: &OsStr) -> io::Result<bool> {
         let pplace = parent.place();
         for &lid in &pplace.lowers {
@@ -547,11 +617,6 @@ impl LayerFs {
             }
         }
         Ok(false)
-    }
-
-    /// The relative path of `ino` in every layer.
-    pub(crate) fn path_of(&self, ino: Ino) -> io::Result<PathBuf> {
-        self.inodes.path(ino)
     }
 
     /// At unmount: writes the upper filesystem out (as the kernel syncs the upper when an

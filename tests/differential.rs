@@ -175,7 +175,22 @@ fn script() -> Vec<Op> {
 /// Runs `ops` on kernel overlayfs and on layerfs over identical layers and lists every
 /// difference: errnos, merged views, upper directories, and each upper mounted by the other.
 fn compare(ops: &[Op]) -> Vec<String> {
-    compare_with_kernel(2, populate, &[], |root| {
+    compare_in(ops, Redirects::Off)
+}
+
+/// Whether both mounts write directory redirects (`redirect_dir=on`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Redirects {
+    Off,
+    On,
+}
+
+fn compare_in(ops: &[Op], redirects: Redirects) -> Vec<String> {
+    let (kernel, ours): (&str, &[&str]) = match redirects {
+        Redirects::Off => ("", &[]),
+        Redirects::On => ("redirect_dir=on", &["-o", "redirect_dir=on"]),
+    };
+    compare_with_kernel_using(2, populate, kernel, ours, |root| {
         ops.iter()
             .map(|op| (format!("{op:?}"), apply(root, op)))
             .collect()
@@ -186,6 +201,39 @@ fn compare(ops: &[Op]) -> Vec<String> {
 fn script_matches_kernel_overlayfs() {
     require_fuse!();
     let problems = compare(&script());
+    assert!(problems.is_empty(), "differences:\n{}", problems.join("\n"));
+}
+
+/// The script and then directory moves, with redirect_dir=on on both sides: the same
+/// errnos, trees, and redirect/opaque xattrs in the upper, and each upper mounted by the
+/// other shows the same tree.
+#[test]
+fn script_matches_kernel_overlayfs_with_redirects() {
+    require_fuse!();
+    use Op::*;
+    let mut ops = script();
+    ops.extend([
+        Rename("deep", "deep2"),
+        Rename("deep2/a/b", "b-moved"),
+        Rename("etc", "bin/etc"),
+        Read("bin/etc/hosts"),
+        Mkdir("bin/etc/made"),
+        Rename("b-moved", "bin/etc/made/b"),
+        Rename("bin", "deep2/a/bin"),
+        Rename2("opaque", "owned", libc::RENAME_EXCHANGE),
+        Rename2("deep2", "empty-in-lower", libc::RENAME_EXCHANGE),
+        Rename("empty-in-lower/a/bin/etc/made/b/c", "c"),
+        Read("c/d"),
+        Unlink("c/d"),
+        Rmdir("c"),
+        Rename("hard", "deep2"),
+        Rename("empty-in-lower/a/bin", "hard"),
+        Rename("empty-in-lower", "hard/etc"),
+        Rename("hard/etc/a", "a"),
+        Rmdir("hard/etc"),
+        Rename("a", "hard/etc"),
+    ]);
+    let problems = compare_in(&ops, Redirects::On);
     assert!(problems.is_empty(), "differences:\n{}", problems.join("\n"));
 }
 
@@ -273,11 +321,17 @@ fn random_sequences_match_kernel_overlayfs() {
     };
     let (mut sequences, mut operations) = (0, 0);
     for &seed in &seeds {
+        // Odd seeds also write directory redirects (directory renames among the ops).
+        let redirects = if seed % 2 == 1 {
+            Redirects::On
+        } else {
+            Redirects::Off
+        };
         let ops = random_ops(seed, 40);
-        let problems = compare(&ops);
+        let problems = compare_in(&ops, redirects);
         assert!(
             problems.is_empty(),
-            "seed {seed} (rerun with LAYERFS_DIFF_SEED={seed}):\n{}\nops: {ops:#?}",
+            "seed {seed}, redirects {redirects:?} (rerun with LAYERFS_DIFF_SEED={seed}):\n{}\nops: {ops:#?}",
             problems.join("\n")
         );
         sequences += 1;

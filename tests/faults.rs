@@ -206,6 +206,75 @@ fn kill_during_renames_and_unlinks_leaves_old_or_new() {
     }
 }
 
+/// `kill -9` at many points of a run of directory renames with redirect_dir=on (a
+/// relative redirect within the parent, an absolute one into another directory): after
+/// remounting, every directory is at its old name or its new one, with its lower content,
+/// never both or neither, and kernel overlayfs with redirect_dir=on reads the upper the
+/// same way.
+#[test]
+fn kill_during_directory_renames_with_redirects_leaves_old_or_new() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    const N: usize = 200;
+    for i in 0..N {
+        put(f.lower(0), &format!("d{i}/x"), &format!("X{i}"));
+        put(f.lower(0), &format!("p/m{i}/y"), &format!("Y{i}"));
+    }
+    fs::create_dir(f.lower(0).join("q")).unwrap();
+    let opts = ["-o", "redirect_dir=on"];
+    for delay_ms in [0u64, 2, 5, 12, 25, 50, 100] {
+        for d in [&f.upper, &f.work] {
+            fs::remove_dir_all(d).unwrap();
+            fs::create_dir(d).unwrap();
+        }
+        let m = f.mount_with(&opts);
+        let root = m.path.clone();
+        kill_during(m, delay_ms, move || {
+            for i in 0..N {
+                let _ = fs::rename(root.join(format!("d{i}")), root.join(format!("e{i}")));
+                let _ = fs::rename(root.join(format!("p/m{i}")), root.join(format!("q/n{i}")));
+            }
+        });
+        let m = f.mount_with(&opts);
+        assert!(
+            temporaries(&f.work).is_empty(),
+            "temp left at {delay_ms} ms"
+        );
+        let mut done = 0;
+        for i in 0..N {
+            let pairs = [
+                (format!("d{i}"), format!("e{i}"), "x", format!("X{i}")),
+                (format!("p/m{i}"), format!("q/n{i}"), "y", format!("Y{i}")),
+            ];
+            for (old, new, file, content) in pairs {
+                let (o, n) = (m.p(&old), m.p(&new));
+                let at = match (o.exists(), n.exists()) {
+                    (true, false) => o,
+                    (false, true) => {
+                        done += 1;
+                        n
+                    }
+                    s => {
+                        panic!("{old}/{new} both or neither ({s:?}) after a kill at {delay_ms} ms")
+                    }
+                };
+                assert_eq!(read(at.join(file)), content);
+            }
+        }
+        let ours = snapshot(&m.path, false);
+        drop(m);
+        let kernel = f.kernel_mount_with("redirect_dir=on");
+        let theirs = snapshot(&kernel.path, false);
+        drop(kernel);
+        let d = diff("after kill", &theirs, &ours);
+        assert!(d.is_empty(), "at {delay_ms} ms:\n{}", d.join("\n"));
+        eprintln!(
+            "kill at {delay_ms} ms: {done} of {} directory renames had happened",
+            2 * N
+        );
+    }
+}
+
 /// A loop-mounted ext4 (long journal commit interval), unmounted and detached on drop.
 struct LoopExt4(LoopFs);
 

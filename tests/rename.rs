@@ -1,5 +1,5 @@
 //! rename: files across layers, RENAME_NOREPLACE, RENAME_EXCHANGE, EXDEV for directories
-//! a lower layer holds.
+//! a lower layer holds, and the redirects `redirect_dir=on` writes instead.
 mod common;
 use common::*;
 use layerfs::sys;
@@ -87,6 +87,70 @@ fn lower_directories_get_exdev_upper_ones_move() {
     assert!(ok);
     assert_eq!(read(m.p("moved/x")), "x");
     assert_eq!(errno(fs::metadata(m.p("ld"))), libc::ENOENT);
+}
+
+/// A lower directory moved with redirect_dir=on costs no copy: the upper gets an empty
+/// directory with a relative redirect (same parent) or an absolute one (another parent)
+/// and a whiteout at the old name; its content still comes from the lower, also after a
+/// remount, and new files land in the moved directory.
+#[test]
+fn lower_directories_move_with_redirects() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    put(f.lower(0), "ld/x", "x");
+    put(f.lower(0), "ld/sub/y", "y");
+    fs::create_dir(f.lower(0).join("other")).unwrap();
+    let redirect = |rel: &str| {
+        xattr::get(f.upper.join(rel), "trusted.overlay.redirect")
+            .unwrap()
+            .map(|v| String::from_utf8(v).unwrap())
+    };
+    {
+        let m = f.mount_with(&["-o", "redirect_dir=on"]);
+        fs::rename(m.p("ld"), m.p("ld2")).unwrap();
+        fs::rename(m.p("ld2/sub"), m.p("other/sub2")).unwrap();
+        put(&m.path, "ld2/new", "n");
+        assert_eq!(names(&m.p("ld2")), ["new", "x"]);
+        assert_eq!(read(m.p("other/sub2/y")), "y");
+    }
+    assert_eq!(redirect("ld2").as_deref(), Some("ld"));
+    assert_eq!(redirect("other/sub2").as_deref(), Some("/ld/sub"));
+    assert!(is_whiteout(&f.upper.join("ld")));
+    assert!(is_whiteout(&f.upper.join("ld2/sub")));
+    assert!(!f.upper.join("ld2/x").exists());
+    let m = f.mount_with(&["-o", "redirect_dir=on"]);
+    assert_eq!(names(&m.path), ["ld2", "other"]);
+    assert_eq!(names(&m.p("ld2")), ["new", "x"]);
+    assert_eq!(read(m.p("ld2/x")), "x");
+    assert_eq!(read(m.p("other/sub2/y")), "y");
+}
+
+/// The other redirect_dir modes, as on the kernel: `off` (the default) and `follow` read
+/// the redirects on disk but do not write them (EXDEV); `nofollow` refuses a lookup that
+/// meets one (EPERM).
+#[test]
+fn redirect_modes_follow_or_refuse() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    put(f.lower(0), "a/f", "F");
+    {
+        let m = f.mount_with(&["-o", "redirect_dir=on"]);
+        fs::rename(m.p("a"), m.p("b")).unwrap();
+    }
+    for mode in [None, Some("redirect_dir=off"), Some("redirect_dir=follow")] {
+        let m = match mode {
+            None => f.mount(),
+            Some(o) => f.mount_with(&["-o", o]),
+        };
+        assert_eq!(read(m.p("b/f")), "F", "{mode:?}");
+        assert_eq!(
+            errno(fs::rename(m.p("b"), m.p("c"))),
+            libc::EXDEV,
+            "{mode:?}"
+        );
+    }
+    let m = f.mount_with(&["-o", "redirect_dir=nofollow"]);
+    assert_eq!(errno(fs::metadata(m.p("b"))), libc::EPERM);
 }
 
 #[test]

@@ -562,7 +562,11 @@ fn walk(root: &Path, dir: &Path, raw: bool, out: &mut BTreeMap<String, String>) 
             .unwrap_or_default()
             .into_iter()
             .map(|n| n.to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with("trusted.overlay.") || n == "trusted.overlay.opaque")
+            .filter(|n| {
+                !n.starts_with("trusted.overlay.")
+                    || n == "trusted.overlay.opaque"
+                    || n == "trusted.overlay.redirect"
+            })
             .filter(|n| !n.starts_with("security."))
             .map(|n| {
                 let v = xattr::get(&p, &n).ok().flatten().unwrap_or_default();
@@ -598,12 +602,24 @@ pub fn compare_with_kernel<R: PartialEq + std::fmt::Debug>(
     layerfs_opts: &[&str],
     run: impl Fn(&Path) -> Vec<R>,
 ) -> Vec<String> {
+    compare_with_kernel_using(n_lowers, populate, "", layerfs_opts, run)
+}
+
+/// [`compare_with_kernel`] with `kernel_opts` added to every kernel mount (e.g.
+/// `redirect_dir=on`, given to layerfs too in `layerfs_opts`).
+pub fn compare_with_kernel_using<R: PartialEq + std::fmt::Debug>(
+    n_lowers: usize,
+    populate: impl Fn(&Fixture),
+    kernel_opts: &str,
+    layerfs_opts: &[&str],
+    run: impl Fn(&Path) -> Vec<R>,
+) -> Vec<String> {
     let kernel = Fixture::new(n_lowers);
     let ours = Fixture::new(n_lowers);
     populate(&kernel);
     populate(&ours);
     let (kview, kres) = {
-        let m = kernel.kernel_mount();
+        let m = kernel.kernel_mount_with(kernel_opts);
         let res = run(&m.path);
         (snapshot(&m.path, false), res)
     };
@@ -635,7 +651,7 @@ pub fn compare_with_kernel<R: PartialEq + std::fmt::Debug>(
     {
         fs::remove_dir_all(&ours.work).unwrap();
         fs::create_dir(&ours.work).unwrap();
-        let m = ours.kernel_mount();
+        let m = ours.kernel_mount_with(kernel_opts);
         problems.extend(diff(
             "kernel over layerfs upper",
             &kview,
