@@ -3,7 +3,8 @@
 //! A copy-up builds the object in the work directory (content with holes preserved, then
 //! xattrs, owner, mode and times) and renames it into place, so the upper never holds a
 //! partial object. Parents are copied up first, and the upper parent's timestamps are
-//! restored afterwards, as kernel overlayfs does.
+//! restored afterwards, as kernel overlayfs does. The copy records its origin and its
+//! parent is marked impure, in the kernel's format (`origin`).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -43,11 +44,12 @@ impl LayerFs {
         }
         let lower = *place.lowers.first().ok_or_else(|| errno(libc::ENOENT))?;
         let parent = self.node(place.parent)?;
-        let src_dir = self.dir_fd(lower, &parent)?;
+        let (src_dir, src_name) = self.parent_fd(lower, node)?;
         let src = Source {
+            layer: lower,
             dir: src_dir.as_fd(),
-            name: &place.name,
-            real: sys::fstatat(src_dir.as_fd(), &place.name)?,
+            name: &src_name,
+            real: sys::fstatat(src_dir.as_fd(), &src_name)?,
         };
         let shown = self.stat_at(lower, src.dir, src.name)?;
         let st = src.real;
@@ -58,6 +60,7 @@ impl LayerFs {
         // The copy keeps the inode number the mount showed; the alias is in place before
         // the copy can be looked up, so the kernel never sees it under another number.
         let mut alias = None;
+        self.mark_impure(dst_dir.as_fd());
         let built = self
             .build_copy(&src, &shown, work.fd(), &tmp, data)
             .and_then(|()| {
@@ -138,8 +141,9 @@ fn restore_times(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> io::Result<()>
     )
 }
 
-/// The lower object a copy-up copies: its directory, name and real stat.
+/// The lower object a copy-up copies: its layer, directory, name and real stat.
 struct Source<'a> {
+    layer: crate::layers::LayerId,
     dir: BorrowedFd<'a>,
     name: &'a OsStr,
     real: Stat,
@@ -197,6 +201,13 @@ impl LayerFs {
             &sys::XattrTarget::at(src.dir, src.name)?,
             &sys::XattrTarget::at(work, tmp)?,
         )?;
+        // As the kernel: a directory or a file with one link records where it came from
+        // (a copy of one name of a lower hard link does not stand for the lower inode).
+        if (fmt == libc::S_IFDIR || src.real.st_nlink == 1)
+            && let Some(origin) = self.origin_of(src.layer, src.dir, src.name)
+        {
+            self.set_origin(work, tmp, &origin)?;
+        }
         self.give_owner_mode(work, tmp, shown, created)?;
         restore_times(work, tmp, shown)
     }

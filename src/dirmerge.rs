@@ -134,12 +134,26 @@ impl LayerFs {
     }
 
     /// The merged listing of directory `node` (without `.` and `..`).
+    /// Entries from the upper of a merged or impure directory may show their origin's
+    /// number (see [`Self::upper_number`]), as their stat does.
     pub(crate) fn list_dir(&self, node: &Inode) -> io::Result<Vec<MergedEntry>> {
-        let merged = merge(self.layer_listings(&node.place(), |lid| self.dir_fd(lid, node))?);
+        let place = node.place();
+        let merged = merge(self.layer_listings(&place, |lid| self.dir_fd(lid, node))?);
+        let upper = if place.upper && self.layers.same_fs() {
+            let fd = self.dir_fd(0, node)?;
+            (!place.lowers.is_empty() || self.is_impure(fd.as_fd())).then_some(fd)
+        } else {
+            None
+        };
         Ok(merged
             .into_iter()
             .map(|(lid, e)| MergedEntry {
-                ino: self.ino_for(lid, e.st_ino),
+                ino: match &upper {
+                    Some(dir) if self.layers.is_upper(lid) => {
+                        self.upper_number(dir.as_fd(), &e.name, e.st_ino, e.kind)
+                    }
+                    _ => self.ino_for(lid, e.st_ino),
+                },
                 name: e.name,
                 kind: e.kind,
                 layer: lid,

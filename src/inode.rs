@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::layers::LayerId;
 
@@ -164,6 +164,8 @@ pub struct Inode {
     pub atime_ctime: Mutex<Option<(i64, i64)>>,
     /// How the inode's open handles move data; see [`IoModes`].
     io: Mutex<IoModes>,
+    /// Signalled when a handle counted in `io` goes.
+    io_ended: Condvar,
 }
 
 /// A change of a directory's names in progress (see [`Inode::names_changing`]).
@@ -213,6 +215,9 @@ impl Inode {
         writing: bool,
     ) -> io::Result<(bool, bool)> {
         let mut io = self.io.lock();
+        if writing {
+            self.wait_lower_readers(&mut io)?;
+        }
         let through = match (io.cached, io.through) {
             (0, 0) => wanted,
             (_, 0) => false,
@@ -221,8 +226,6 @@ impl Inode {
         if through {
             if io.through == 0 {
                 io.through_lower = !on_upper;
-            } else if io.through_lower && writing {
-                return Err(io::Error::from_raw_os_error(libc::ETXTBSY));
             }
             io.through += 1;
             // Writes passed through do not reach the inode's page cache.
@@ -237,9 +240,18 @@ impl Inode {
     /// Whether the inode's data is held unchanged for passthrough handles reading its
     /// lower object (see [`IoModes::through_lower`]): a change of it must fail, ETXTBSY.
     pub fn data_held(&self) -> io::Result<()> {
-        let io = self.io.lock();
-        if io.through > 0 && io.through_lower {
-            return Err(io::Error::from_raw_os_error(libc::ETXTBSY));
+        self.wait_lower_readers(&mut self.io.lock())
+    }
+
+    /// ETXTBSY while passthrough handles read the lower object. The kernel tells the
+    /// daemon of a close only after it (release is asynchronous), so a change right after
+    /// the last reader closed first waits a moment for that release.
+    fn wait_lower_readers(&self, io: &mut MutexGuard<'_, IoModes>) -> io::Result<()> {
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(200);
+        while io.through > 0 && io.through_lower {
+            if self.io_ended.wait_until(io, until).timed_out() {
+                return Err(io::Error::from_raw_os_error(libc::ETXTBSY));
+            }
         }
         Ok(())
     }
@@ -255,6 +267,7 @@ impl Inode {
         if io.through == 0 {
             io.through_lower = false;
         }
+        self.io_ended.notify_all();
     }
 
     /// A handle counted as passing data through falls back to the cached path (its
@@ -266,6 +279,7 @@ impl Inode {
         if io.through == 0 {
             io.through_lower = false;
         }
+        self.io_ended.notify_all();
     }
 
     /// Held while resolving a name in this directory and recording the result.
@@ -463,6 +477,7 @@ impl InodeTable {
                 names_epoch: AtomicU64::new(0),
                 atime_ctime: Mutex::new(None),
                 io: Mutex::new(IoModes::default()),
+                io_ended: Condvar::new(),
             }),
         );
         InodeTable { map }
@@ -493,6 +508,7 @@ impl InodeTable {
                 names_epoch: AtomicU64::new(0),
                 atime_ctime: Mutex::new(None),
                 io: Mutex::new(IoModes::default()),
+                io_ended: Condvar::new(),
             })
         });
         let inode = Arc::clone(&entry);
@@ -527,6 +543,7 @@ impl InodeTable {
             names_epoch: AtomicU64::new(0),
             atime_ctime: Mutex::new(None),
             io: Mutex::new(IoModes::default()),
+            io_ended: Condvar::new(),
         })
     }
 

@@ -33,11 +33,28 @@ pub struct Layer {
     fs_index: u64,
     /// Where this layer keeps owner/mode overrides, if it does.
     pub stat_override: Option<OverrideXattr>,
+    /// The UUID of the layer's filesystem (all zeros where it has none), as copy-up
+    /// origins record it; `None` where the kernel does not say.
+    pub uuid: Option<[u8; 16]>,
+    /// A readable fd of the root, opened when first needed: what `open_by_handle_at`
+    /// takes to name the filesystem (it refuses `O_PATH` fds).
+    readable_root: std::sync::OnceLock<Option<OwnedFd>>,
 }
 
 impl Layer {
     pub fn root(&self) -> BorrowedFd<'_> {
         self.root.as_fd()
+    }
+
+    /// The object `handle` names on this layer's filesystem, as an `O_PATH` fd.
+    pub fn open_handle(&self, handle: &sys::FileHandle) -> io::Result<OwnedFd> {
+        let root = self
+            .readable_root
+            .get_or_init(|| sys::reopen(self.root(), libc::O_RDONLY | libc::O_DIRECTORY).ok());
+        let root = root
+            .as_ref()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        sys::open_by_handle_at(root.as_fd(), handle)
     }
 
     /// Opens `rel` (relative to the layer root, "" for the root) confined beneath the root:
@@ -105,6 +122,7 @@ impl Layers {
                 Some(o) if i == 0 && upper.is_some() => Some(o),
                 _ => OverrideXattr::detect(root.as_fd())?,
             };
+            let uuid = sys::fs_uuid(root.as_fd()).ok();
             layers.push(Layer {
                 id: i as LayerId,
                 path: path.to_path_buf(),
@@ -112,6 +130,8 @@ impl Layers {
                 dev: st.st_dev,
                 fs_index,
                 stat_override,
+                uuid,
+                readable_root: std::sync::OnceLock::new(),
             });
         }
         Ok(Layers {
@@ -156,6 +176,11 @@ impl Layers {
 
     pub fn get(&self, id: LayerId) -> &Layer {
         &self.layers[usize::from(id)]
+    }
+
+    /// Whether every layer is on one filesystem (inode numbers are then the real ones).
+    pub fn same_fs(&self) -> bool {
+        self.layers.iter().all(|l| l.fs_index == 0)
     }
 
     /// The topmost layer: the upper, or the first lower of a read-only union.

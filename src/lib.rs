@@ -20,6 +20,7 @@ pub mod layers;
 pub mod namespace;
 pub mod numbers;
 pub mod options;
+pub mod origin;
 pub mod privs;
 pub mod redirect;
 pub mod rename;

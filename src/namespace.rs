@@ -343,6 +343,7 @@ impl LayerFs {
         self.copy_up(&node, CopyData::Full)?;
         let slot = self.slot(&newparent, newname)?;
         let (src_dir, src_name) = self.parent_fd(0, &node)?;
+        self.impure_for(src_dir.as_fd(), &src_name, slot.dir.as_fd());
         if slot.over.is_none() {
             sys::linkat(src_dir.as_fd(), &src_name, slot.dir.as_fd(), &slot.name)?;
         } else {

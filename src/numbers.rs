@@ -1,9 +1,11 @@
 //! The inode numbers the mount shows: the one place that makes, keeps and drops them.
 //!
-//! An object's number packs the index of its layer's filesystem (among the distinct
-//! filesystems of the layers) into the high 16 bits and its real inode number into the low
-//! 48, so numbers are unique across layers, stable for the mount's life and shared by hard
-//! links; a real number that does not fit gets a fresh one on first sight. An upper object
+//! With every layer on one filesystem an object shows its real inode number, as on kernel
+//! overlayfs (the numbers are unique across the layers already). Otherwise its number packs
+//! the index of its layer's filesystem (among the distinct filesystems of the layers) into
+//! the high 16 bits and its real inode number into the low 48, so numbers are unique across
+//! layers, stable for the mount's life and shared by hard links. A real number that does
+//! not fit (or is 1, the FUSE root's) gets a fresh one on first sight. An upper object
 //! may show another number than its own: a copy keeps the number its lower showed, and an
 //! upper object reusing the real number of a deleted object that the kernel still holds
 //! gets a fresh one (the kernel must never see one number stand for two objects). Those
@@ -25,6 +27,8 @@ pub struct InoNumbers {
     fs_of: Vec<u64>,
     /// Whether layer 0 is the upper.
     has_upper: bool,
+    /// Every layer is on one filesystem: real numbers are shown as they are.
+    same_fs: bool,
     /// Numbers given to (filesystem, real number) pairs that do not fit the packed form.
     overflow: DashMap<(u64, u64), Ino>,
     next_fresh: AtomicU64,
@@ -38,6 +42,7 @@ impl InoNumbers {
     /// layer 0 is the upper if `has_upper`.
     pub fn new(fs_of: Vec<u64>, has_upper: bool) -> Self {
         InoNumbers {
+            same_fs: fs_of.iter().all(|&f| f == 0),
             fs_of,
             has_upper,
             overflow: DashMap::new(),
@@ -54,7 +59,10 @@ impl InoNumbers {
     /// The packed number of real inode `st_ino` in `layer`.
     fn packed(&self, layer: LayerId, st_ino: u64) -> Ino {
         let fs = self.fs_of[usize::from(layer)];
-        if st_ino < (1 << INO_BITS) && fs < 0xfffe {
+        if self.same_fs && st_ino > 1 && st_ino < (0xffff << INO_BITS) {
+            return st_ino;
+        }
+        if !self.same_fs && st_ino < (1 << INO_BITS) && fs < 0xfffe {
             return ((fs + 1) << INO_BITS) | st_ino;
         }
         *self
@@ -80,6 +88,11 @@ impl InoNumbers {
                 .or_insert_with(|| self.fresh());
         }
         n
+    }
+
+    /// The number kept for the upper object with real number `upper_ino`, if any.
+    pub fn kept(&self, upper_ino: u64) -> Option<Ino> {
+        self.upper_kept.get(&upper_ino).map(|n| *n)
     }
 
     /// The upper object with real number `upper_ino` (a copy, before it gets its name)
@@ -114,7 +127,7 @@ mod tests {
 
     #[test]
     fn big_and_reused_numbers_get_fresh_ones() {
-        let n = InoNumbers::new(vec![0, 0], true);
+        let n = InoNumbers::new(vec![0, 1], true);
         let big = n.shown(1, 1 << 50, |_| false);
         assert_eq!(big >> INO_BITS, 0xffff);
         assert_eq!(n.shown(1, 1 << 50, |_| false), big);
@@ -122,5 +135,19 @@ mod tests {
         assert_ne!(reused, (1 << INO_BITS) | 7);
         assert_eq!(n.shown(0, 7, |_| false), reused, "kept until released");
         assert_ne!(reused, big);
+    }
+
+    #[test]
+    fn one_filesystem_shows_real_numbers() {
+        let n = InoNumbers::new(vec![0, 0, 0], true);
+        assert_eq!(n.shown(1, 5, |_| false), 5);
+        assert_eq!(n.shown(0, 9, |_| false), 9);
+        n.keep(9, 5);
+        assert_eq!(n.shown(0, 9, |_| false), 5);
+        assert_eq!(n.kept(9), Some(5));
+        let one = n.shown(2, 1, |_| false);
+        assert_eq!(one >> INO_BITS, 0xffff, "1 is the FUSE root's");
+        let reused = n.shown(0, 7, |_| true);
+        assert_ne!(reused, 7);
     }
 }

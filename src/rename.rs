@@ -172,6 +172,10 @@ impl LayerFs {
         self.copy_up(&dnode, CopyData::Full)?;
         let sred = self.before_move(&snode, &sdir, name, same_parent)?;
         let dred = self.before_move(&dnode, &ddir, newname, same_parent)?;
+        if !same_parent {
+            self.impure_for(sdir.as_fd(), name, ddir.as_fd());
+            self.impure_for(ddir.as_fd(), newname, sdir.as_fd());
+        }
         swap(&sdir, name, &ddir, newname)?;
         snode.rename(parent.ino, name, newparent.ino, newname);
         dnode.rename(newparent.ino, newname, parent.ino, name);
@@ -220,7 +224,11 @@ impl LayerFs {
         {
             dst = self.found(newparent, newname)?;
         }
-        let redirected = self.before_move(&snode, &sdir, name, parent.ino == newparent.ino)?;
+        let same_parent = parent.ino == newparent.ino;
+        let redirected = self.before_move(&snode, &sdir, name, same_parent)?;
+        if !same_parent {
+            self.impure_for(sdir.as_fd(), name, ddir.as_fd());
+        }
         if src_dir && redirected.is_none() && is_merged(newparent) {
             self.mark_opaque(sdir.as_fd(), name)?;
         }

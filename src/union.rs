@@ -495,7 +495,12 @@ impl LayerFs {
         match resolved {
             Resolved::Found { st, place } => {
                 let top = place.top().ok_or_else(|| errno(libc::ENOENT))?;
-                let ino = self.ino_for(top, st.st_ino);
+                let ino = if self.layers.is_upper(top) {
+                    let dir = self.dir_fd(top, parent)?;
+                    self.upper_number(dir.as_fd(), name, st.st_ino, st.st_mode & libc::S_IFMT)
+                } else {
+                    self.ino_for(top, st.st_ino)
+                };
                 let node = self.inodes.remember(ino, st.st_mode & libc::S_IFMT, place);
                 let attr = self.shown(&node, *st);
                 Ok((node, attr))
@@ -581,8 +586,6 @@ impl LayerFs {
         }
     }
 
-    /// Whether a lower layer below `parent` shows something at `name` (so removing the
-    /// upper object must leave a whiteout).
     /// Whether a lower layer shows something at `parent/name`, which holds the object of
     /// `place` (so that removing or moving it needs a whiteout there): as
     /// [`Self::lower_visible`], known at once for an object its lowers hold by that name.
@@ -598,7 +601,8 @@ impl LayerFs {
         self.lower_visible(parent, name)
     }
 
-    pub(crate) fn lower_visible(&self, parent: &Inode, name: &OsStr) -> io::Result<bool> {
+    /// Whether a lower layer below `parent` shows something at `name`.
+    fn lower_visible(&self, parent: &Inode, name: &OsStr) -> io::Result<bool> {
         let pplace = parent.place();
         for &lid in &pplace.lowers {
             let dir = match self.dir_fd(lid, parent) {

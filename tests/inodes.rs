@@ -2,7 +2,7 @@
 //! links; the daemon's fds stay bounded whatever the tree size.
 mod common;
 use common::*;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -176,4 +176,140 @@ fn fds_stay_bounded_over_a_big_tree() {
         fds < bound,
         "daemon holds {fds} fds after walking 100,000 files (at most {bound})"
     );
+}
+
+/// Every name's st_ino, and every listing's d_ino, under `root`.
+fn numbers(root: &Path) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    let (mut st, mut d) = (BTreeMap::new(), BTreeMap::new());
+    fn go(root: &Path, dir: &Path, st: &mut BTreeMap<String, u64>, d: &mut BTreeMap<String, u64>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            st.insert(rel.clone(), m.ino());
+            d.insert(rel, std::os::unix::fs::DirEntryExt::ino(&e));
+            if m.is_dir() {
+                go(root, &e.path(), st, d);
+            }
+        }
+    }
+    go(root, root, &mut st, &mut d);
+    (st, d)
+}
+
+/// How each name's number relates to the layers: `lower` (its real lower object's, the
+/// same path in the lowers), `upper` (the upper object's own) or `other`.
+fn relation(f: &Fixture, st: &BTreeMap<String, u64>) -> BTreeMap<String, &'static str> {
+    st.iter()
+        .map(|(p, &ino)| {
+            let real = |base: &Path| fs::symlink_metadata(base.join(p)).ok().map(|m| m.ino());
+            let lower = (0..2).filter_map(|i| real(f.lower(i))).any(|n| n == ino);
+            let kind = if lower {
+                "lower"
+            } else if real(&f.upper) == Some(ino) {
+                "upper"
+            } else {
+                "other"
+            };
+            (p.clone(), kind)
+        })
+        .collect()
+}
+
+/// With every layer on one filesystem, inode numbers are the kernel's: a lower object
+/// shows its real number, a copy keeps its origin's (a file with one link, a directory),
+/// also after a rename and a remount (through `trusted.overlay.origin`), a new object shows
+/// its own, and d_ino is st_ino everywhere. Checked against kernel overlayfs over identical
+/// layers, and across: each mounts the other's upper and shows the same numbers.
+#[test]
+fn numbers_are_the_kernels_and_survive_copy_up_and_remount() {
+    require_fuse!();
+    let populate = |f: &Fixture| {
+        put(f.lower(1), "etc/hosts", "h");
+        put(f.lower(1), "etc/passwd", "p");
+        put(f.lower(0), "etc/group", "g");
+        put(f.lower(1), "usr/bin/tool", "t");
+        put(f.lower(0), "usr/lib/x", "x");
+        std::os::unix::fs::symlink("tool", f.lower(1).join("usr/bin/link")).unwrap();
+        put(f.lower(1), "var/log/old", "o");
+    };
+    let change = |m: &Path| {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("etc/hosts"))
+            .unwrap();
+        std::io::Write::write_all(
+            &mut fs::OpenOptions::new()
+                .append(true)
+                .open(m.join("etc/hosts"))
+                .unwrap(),
+            b"+",
+        )
+        .unwrap();
+        fs::set_permissions(
+            m.join("usr/bin/tool"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        std::os::unix::fs::lchown(m.join("usr/bin/link"), Some(1), Some(1)).unwrap();
+        put(m, "usr/lib/new", "n");
+        fs::rename(m.join("etc/passwd"), m.join("var/passwd")).unwrap();
+        fs::create_dir(m.join("var/log/sub")).unwrap();
+    };
+    let (kernel, ours) = (Fixture::new(2), Fixture::new(2));
+    populate(&kernel);
+    populate(&ours);
+    let mut seen = Vec::new();
+    for (f, is_kernel) in [(&kernel, true), (&ours, false)] {
+        let mount = || {
+            if is_kernel {
+                f.kernel_mount()
+            } else {
+                f.mount()
+            }
+        };
+        let m = mount();
+        let (before, d_before) = numbers(&m.path);
+        change(&m.path);
+        let (after, d_after) = numbers(&m.path);
+        drop(m);
+        let m = mount();
+        let (again, d_again) = numbers(&m.path);
+        drop(m);
+        for (what, st, d) in [
+            ("before", &before, &d_before),
+            ("after", &after, &d_after),
+            ("remounted", &again, &d_again),
+        ] {
+            assert_eq!(
+                st,
+                d,
+                "{} {what}: d_ino differs from st_ino",
+                if is_kernel { "kernel" } else { "layerfs" }
+            );
+        }
+        for (p, n) in &before {
+            if after.contains_key(p) {
+                assert_eq!(after[p], *n, "{p} changed number at copy-up ({is_kernel})");
+            }
+        }
+        assert_eq!(
+            after["var/passwd"], before["etc/passwd"],
+            "kept across a rename"
+        );
+        assert_eq!(after, again, "kept across a remount ({is_kernel})");
+        seen.push((relation(f, &before), relation(f, &after), after));
+    }
+    let (k, o) = (&seen[0], &seen[1]);
+    assert_eq!(k.0, o.0, "before the changes");
+    assert_eq!(k.1, o.1, "after the changes");
+    // Across: layerfs over the kernel's upper, the kernel over layerfs's.
+    fs::remove_dir_all(&kernel.work).unwrap();
+    fs::create_dir(&kernel.work).unwrap();
+    let over_kernel = numbers(&kernel.mount().path).0;
+    assert_eq!(over_kernel, k.2, "layerfs over the kernel's upper");
+    fs::remove_dir_all(&ours.work).unwrap();
+    fs::create_dir(&ours.work).unwrap();
+    let over_ours = numbers(&ours.kernel_mount().path).0;
+    assert_eq!(over_ours, o.2, "the kernel over layerfs's upper");
 }

@@ -430,10 +430,12 @@ fn upper_gone_read_only() {
     let (upper, work) = (fsdir.join("upper"), fsdir.join("work"));
     fs::create_dir(&upper).unwrap();
     fs::create_dir(&work).unwrap();
+    // Written before the mount: a reader opened while a passthrough writer's release is
+    // still on its way would share the writer's backing file, which is open for writing.
+    fs::write(upper.join("mine"), "upper\n").unwrap();
     let c = f.mount_command_on(&upper, &work);
     let log = f.dir.path().join("daemon.log");
     let (mut daemon, m) = f.spawn_logged(c, "layerfs=warn", &log);
-    fs::write(m.p("mine"), "upper\n").unwrap();
     let reader = fs::File::open(m.p("mine")).unwrap();
     // (The kernel refuses to make a filesystem with files open for writing read-only.)
     tmpfs.remount("ro");

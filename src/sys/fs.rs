@@ -483,3 +483,94 @@ mod tests {
         FCHMODAT2.store(true, Ordering::Relaxed);
     }
 }
+
+/// A file handle as `name_to_handle_at` gives it: its type and bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileHandle {
+    pub kind: i32,
+    pub bytes: Vec<u8>,
+}
+
+/// `struct file_handle` with room for the kernel's largest handle (MAX_HANDLE_SZ).
+#[repr(C)]
+struct RawHandle {
+    handle_bytes: u32,
+    handle_type: libc::c_int,
+    f_handle: [u8; 128],
+}
+
+/// The file handle of `dir/name` (not following a symlink; `name` "" is `dir` itself).
+/// EOPNOTSUPP where the filesystem cannot make handles.
+pub fn name_to_handle_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<FileHandle> {
+    let c = cstr(name)?;
+    let mut h = RawHandle {
+        handle_bytes: 128,
+        handle_type: 0,
+        f_handle: [0; 128],
+    };
+    let mut mount_id: libc::c_int = 0;
+    let flags = if name.is_empty() {
+        libc::AT_EMPTY_PATH
+    } else {
+        0
+    };
+    // SAFETY: `h` is a file_handle with `handle_bytes` of room after its header; `c` is
+    // NUL-terminated; `mount_id` is a valid out-pointer; the fd is borrowed.
+    check(unsafe {
+        libc::name_to_handle_at(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            (&mut h as *mut RawHandle).cast(),
+            &mut mount_id,
+            flags,
+        )
+    })?;
+    let n = (h.handle_bytes as usize).min(h.f_handle.len());
+    Ok(FileHandle {
+        kind: h.handle_type,
+        bytes: h.f_handle[..n].to_vec(),
+    })
+}
+
+/// Opens the object `handle` names on the filesystem of `mount_fd` (needs
+/// CAP_DAC_READ_SEARCH), as an `O_PATH` fd.
+pub fn open_by_handle_at(mount_fd: BorrowedFd<'_>, handle: &FileHandle) -> io::Result<OwnedFd> {
+    if handle.bytes.len() > 128 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut h = RawHandle {
+        handle_bytes: handle.bytes.len() as u32,
+        handle_type: handle.kind,
+        f_handle: [0; 128],
+    };
+    h.f_handle[..handle.bytes.len()].copy_from_slice(&handle.bytes);
+    // SAFETY: `h` is a complete file_handle; the kernel only reads it; the fd is borrowed.
+    owned(unsafe {
+        libc::open_by_handle_at(
+            mount_fd.as_raw_fd(),
+            (&mut h as *mut RawHandle).cast(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    })
+}
+
+/// The UUID of the filesystem `fd` is on (FS_IOC_GETFSUUID); all zeros where it has none.
+pub fn fs_uuid(fd: BorrowedFd<'_>) -> io::Result<[u8; 16]> {
+    #[repr(C)]
+    struct FsUuid2 {
+        len: u8,
+        uuid: [u8; 16],
+    }
+    const FS_IOC_GETFSUUID: libc::c_ulong = 0x8011_1500;
+    let mut u = FsUuid2 {
+        len: 0,
+        uuid: [0; 16],
+    };
+    let fd = reopen(fd, libc::O_RDONLY)?;
+    // SAFETY: FS_IOC_GETFSUUID fills a `struct fsuuid2` (a length byte and 16 bytes).
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GETFSUUID, &mut u) })?;
+    let mut out = [0; 16];
+    let n = usize::from(u.len).min(16);
+    out[..n].copy_from_slice(&u.uuid[..n]);
+    Ok(out)
+}

@@ -564,11 +564,21 @@ fn walk(root: &Path, dir: &Path, raw: bool, out: &mut BTreeMap<String, String>) 
             .map(|n| n.to_string_lossy().into_owned())
             .filter(|n| {
                 !n.starts_with("trusted.overlay.")
-                    || n == "trusted.overlay.opaque"
-                    || n == "trusted.overlay.redirect"
+                    || [
+                        "trusted.overlay.opaque",
+                        "trusted.overlay.redirect",
+                        "trusted.overlay.origin",
+                        "trusted.overlay.impure",
+                    ]
+                    .contains(&n.as_str())
             })
             .filter(|n| !n.starts_with("security."))
             .map(|n| {
+                // An origin names an inode of the fixture's own lower: only its presence
+                // compares across fixtures.
+                if n == "trusted.overlay.origin" {
+                    return n;
+                }
                 let v = xattr::get(&p, &n).ok().flatten().unwrap_or_default();
                 format!("{n}={}", String::from_utf8_lossy(&v))
             })
