@@ -14,14 +14,20 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use crate::inode::{Ino, Inode};
+use crate::metacopy;
 use crate::sys::{self, SetTime, Stat};
 use crate::union::{LayerFs, Resolved, errno, is_dir};
 
-/// Whether a copy-up carries the file's content (not needed before a truncate to zero).
+/// What a copy-up must bring up of a regular file's content.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CopyData {
+    /// All of it (an open for writing, a truncate to a non-zero size).
     Full,
+    /// None: the file is about to be truncated to zero.
     MetadataOnly,
+    /// None for now, under `metacopy=on`, where the data may stay below (a change of
+    /// metadata only); else all of it.
+    Metacopy,
 }
 
 impl LayerFs {
@@ -29,13 +35,17 @@ impl LayerFs {
     pub(crate) fn copy_up(&self, node: &Arc<Inode>, data: CopyData) -> io::Result<()> {
         let upper = self.layers.writable()?;
         if node.in_upper() {
-            return Ok(());
+            return match data {
+                CopyData::Metacopy => Ok(()),
+                _ => self.fill_stub(node, data),
+            };
         }
         let parent = self.node(node.place().parent)?;
         self.copy_up(&parent, CopyData::Full)?;
         let _guard = node.copy_lock.lock();
         if node.in_upper() {
-            return Ok(());
+            drop(_guard);
+            return self.copy_up(node, data);
         }
         let place = node.place();
         if place.unlinked {
@@ -53,6 +63,10 @@ impl LayerFs {
         };
         let shown = self.stat_at(lower, src.dir, src.name)?;
         let st = src.real;
+        let stub = data == CopyData::Metacopy
+            && self.cfg.metacopy
+            && st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && shown.st_mode & libc::S_IFMT == libc::S_IFREG;
         let dst_dir = self.dir_fd(upper.id, &parent)?;
         let parent_st = sys::fstat(dst_dir.as_fd())?;
         let work = self.work()?;
@@ -62,7 +76,7 @@ impl LayerFs {
         let mut alias = None;
         self.mark_impure(dst_dir.as_fd());
         let built = self
-            .build_copy(&src, &shown, work.fd(), &tmp, data)
+            .build_copy(&src, &shown, work.fd(), &tmp, data, stub)
             .and_then(|()| {
                 let new = sys::fstatat(work.fd(), &tmp)?;
                 self.numbers.keep(new.st_ino, node.ino);
@@ -85,7 +99,11 @@ impl LayerFs {
             log::debug!("copy-up of {:?} failed: {e}", place.name);
             return Err(e);
         }
-        node.set_upper();
+        if stub {
+            node.set_upper_metacopy();
+        } else {
+            node.set_upper();
+        }
         restore_times(dst_dir.as_fd(), OsStr::new(""), &parent_st)?;
         if !node.is_dir() && st.st_nlink > 1 {
             // All names of a lower hard link are one inode: the other names follow the copy.
@@ -96,6 +114,47 @@ impl LayerFs {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Brings the data of the metacopy stub `node` up into it (`Full`), or only makes it
+    /// an ordinary file about to be truncated to zero (`MetadataOnly`); nothing for a file
+    /// whose data is up already. The data is written and synced before the stub loses its
+    /// mark, so a crash leaves the stub reading its lower data, as on the kernel.
+    fn fill_stub(&self, node: &Arc<Inode>, data: CopyData) -> io::Result<()> {
+        if node.data_in_upper() {
+            return Ok(());
+        }
+        let _guard = node.copy_lock.lock();
+        let place = node.place();
+        if !place.metacopy {
+            return Ok(());
+        }
+        let lower = place.data_layer().ok_or_else(|| errno(libc::EIO))?;
+        let (dir, name) = self.object_fd(0, node)?;
+        let to = File::from(sys::openat(
+            dir.as_fd(),
+            &name,
+            libc::O_WRONLY | libc::O_NOFOLLOW,
+            0,
+        )?);
+        if data == CopyData::MetadataOnly {
+            to.set_len(0)?;
+        } else {
+            let (ldir, lname) = self.parent_fd(lower, node)?;
+            let from = File::from(sys::openat_noatime(
+                ldir.as_fd(),
+                &lname,
+                libc::O_RDONLY | libc::O_NOFOLLOW,
+            )?);
+            let size = sys::fstat(from.as_fd())?.st_size as u64;
+            copy_data(&from, &to, size)?;
+            if self.cfg.fsync {
+                to.sync_all()?;
+            }
+        }
+        metacopy::unmark(dir.as_fd(), &name, self.cfg.xattr_ns)?;
+        node.set_upper();
         Ok(())
     }
 
@@ -159,6 +218,7 @@ impl LayerFs {
         work: BorrowedFd<'_>,
         tmp: &OsStr,
         data: CopyData,
+        stub: bool,
     ) -> io::Result<()> {
         // The permission bits the copy is created with (then set from `shown`).
         let created = if is_dir(shown) { 0o700 } else { 0o600 };
@@ -184,7 +244,11 @@ impl LayerFs {
                     libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
                     0o600,
                 )?);
-                if data == CopyData::Full {
+                if stub {
+                    // A metacopy stub: the lower's size, no data.
+                    to.set_len(src.real.st_size as u64)?;
+                    metacopy::mark(work, tmp, self.cfg.xattr_ns)?;
+                } else if data != CopyData::MetadataOnly {
                     copy_data(&from, &to, src.real.st_size as u64)?;
                     // As the kernel does: the data is on disk before the copy takes the
                     // original's place (not for volatile/fsync=0).

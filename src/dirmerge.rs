@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::inode::{Ino, Inode, Place};
 use crate::layers::LayerId;
+use crate::metacopy;
 use crate::sys;
 use crate::union::{Attr, LayerFs, is_enoent};
 use crate::whiteout::{self, EntryRole};
@@ -179,8 +180,14 @@ impl LayerFs {
             if self.layers.is_upper(e.layer) || !known_upper {
                 let dir = self.dir_fd(e.layer, parent)?;
                 let st = self.stat_at(e.layer, dir.as_fd(), &e.name)?;
-                // Another name of a lower hard link may have been copied up: in full.
-                let simple = self.layers.is_upper(e.layer) || st.st_nlink == 1;
+                // Another name of a lower hard link may have been copied up, and an upper
+                // file may be a metacopy stub: in full.
+                let simple = if self.layers.is_upper(e.layer) {
+                    st.st_mode & libc::S_IFMT != libc::S_IFREG
+                        || !metacopy::is_stub(dir.as_fd(), &e.name, self.cfg.xattr_ns)?
+                } else {
+                    st.st_nlink == 1
+                };
                 if simple && self.ino_for(e.layer, st.st_ino) == e.ino {
                     let place =
                         Place::found(parent.ino, &e.name, e.layer, self.layers.is_upper(e.layer));

@@ -72,18 +72,21 @@ impl LayerFs {
     /// racing with an unlink or rename never opens (with side effects) whatever replaced it.
     fn open_real(&self, node: &Inode, flags: i32) -> io::Result<(File, bool)> {
         let place = node.place();
-        let top = place.top().ok_or_else(|| errno(libc::ENOENT))?;
-        let (dir, name) = self.object_fd(top, node)?;
+        // A metacopy stub reads its lower's data.
+        let layer = place.data_layer().ok_or_else(|| errno(libc::ENOENT))?;
+        let (dir, name) = self.object_fd(layer, node)?;
         let fd = if name.is_empty() {
             dir
         } else {
             let path = sys::openat(dir.as_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
             let st = sys::fstat(path.as_fd())?;
-            self.same_object(node, top, st)?;
+            if !place.metacopy {
+                self.same_object(node, layer, st)?;
+            }
             Arc::new(path)
         };
         let file = sys::reopen_noatime(fd.as_fd(), self.real_flags(flags))?;
-        Ok((File::from(file), place.upper))
+        Ok((File::from(file), place.upper && !place.metacopy))
     }
 
     /// The flags a layer's file is opened with for a handle opened with `flags`.
@@ -274,10 +277,10 @@ impl LayerFs {
         if change.size.is_some() {
             node.data_held()?;
         }
-        let data = if change.size == Some(0) {
-            CopyData::MetadataOnly
-        } else {
-            CopyData::Full
+        let data = match change.size {
+            Some(0) => CopyData::MetadataOnly,
+            Some(_) => CopyData::Full,
+            None => CopyData::Metacopy,
         };
         self.copy_up(&node, data)?;
         let (dir, name) = self.object_fd(0, &node)?;

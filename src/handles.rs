@@ -65,7 +65,7 @@ impl OpenFile {
     }
 
     pub fn is_stale(&self) -> bool {
-        !self.on_upper.load(Ordering::Acquire) && self.node.in_upper()
+        !self.on_upper.load(Ordering::Acquire) && self.node.data_in_upper()
     }
 
     /// Whether the fd is the upper layer's object.

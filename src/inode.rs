@@ -57,6 +57,8 @@ pub struct Place {
     pub lower_at: Vec<LowerAt>,
     /// The redirect the upper object carries, as read at lookup or set by a rename.
     pub redirect: Option<OsString>,
+    /// The upper object is a metacopy stub (`metacopy=on`): its data is its first lower's.
+    pub metacopy: bool,
 }
 
 /// Where a lower layer holds an object.
@@ -83,6 +85,17 @@ impl Place {
             held: None,
             lower_at: Vec::new(),
             redirect: None,
+            metacopy: false,
+        }
+    }
+
+    /// The layer holding the object's data: the first lower of a metacopy stub, else the
+    /// top one.
+    pub fn data_layer(&self) -> Option<LayerId> {
+        if self.metacopy {
+            self.lowers.first().copied()
+        } else {
+            self.top()
         }
     }
 
@@ -354,10 +367,25 @@ impl Inode {
         self.copied_up.load(Ordering::Acquire)
     }
 
+    /// Whether the object's data is in the upper layer (copied up, and not a metacopy stub).
+    pub fn data_in_upper(&self) -> bool {
+        self.in_upper() && !self.place.read().metacopy
+    }
+
+    /// Records that the object's metadata now lives in the upper layer, a metacopy stub
+    /// whose data stays in its lower.
+    pub fn set_upper_metacopy(&self) {
+        let mut p = self.place.write();
+        p.upper = true;
+        p.metacopy = true;
+        self.copied_up.store(true, Ordering::Release);
+    }
+
     /// Records that the object now lives in the upper layer.
     pub fn set_upper(&self) {
         let mut p = self.place.write();
         p.upper = true;
+        p.metacopy = false;
         if !self.is_dir() {
             p.lowers.clear();
             p.lower_at.clear();
@@ -376,6 +404,11 @@ impl Inode {
                 .retain(|(i, n)| !(*i == old_parent && n == old_name));
             p.other_names.push(new);
         }
+    }
+
+    /// Records the redirect just given to the upper object.
+    pub fn set_redirect(&self, redirect: OsString) {
+        self.place.write().redirect = Some(redirect);
     }
 
     /// Records a moved directory's redirect and where its lowers now hold it.
@@ -623,6 +656,7 @@ mod tests {
             held: None,
             lower_at: Vec::new(),
             redirect: None,
+            metacopy: false,
         }
     }
 

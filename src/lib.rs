@@ -17,6 +17,7 @@ pub mod handles;
 pub mod idmap;
 pub mod inode;
 pub mod layers;
+pub mod metacopy;
 pub mod namespace;
 pub mod numbers;
 pub mod options;

@@ -340,10 +340,15 @@ impl LayerFs {
         }
         let newparent = self.node(newparent)?;
         let _names = newparent.names_changing();
-        self.copy_up(&node, CopyData::Full)?;
+        self.copy_up(&node, CopyData::Metacopy)?;
         let slot = self.slot(&newparent, newname)?;
         let (src_dir, src_name) = self.parent_fd(0, &node)?;
         self.impure_for(src_dir.as_fd(), &src_name, slot.dir.as_fd());
+        // The new name's path is not the data's: a stub gets an absolute redirect to it,
+        // as the kernel gives one before linking.
+        if node.in_upper() && !node.data_in_upper() {
+            self.redirect_stub(&node, src_dir.as_fd(), &src_name)?;
+        }
         if slot.over.is_none() {
             sys::linkat(src_dir.as_fd(), &src_name, slot.dir.as_fd(), &slot.name)?;
         } else {

@@ -80,8 +80,10 @@ pub struct MountSpec {
     pub passthrough: Passthrough,
     /// `xattr_permissions=1|2`: the upper keeps owner and mode in this xattr.
     pub xattr_permissions: Option<OverrideXattr>,
-    /// `redirect_dir=`: whether directory redirects are followed and written.
-    pub redirect_dir: RedirectDir,
+    /// `redirect_dir=` as given; see [`MountSpec::redirect`].
+    pub redirect_dir: Option<RedirectDir>,
+    /// `metacopy=on`: a metadata change of a lower file copies up only its metadata.
+    pub metacopy: bool,
 }
 
 /// Which opens pass file data straight between the kernel and a layer's file (FUSE
@@ -219,7 +221,8 @@ impl MountSpec {
             xattrs: true,
             passthrough: Passthrough::Writes,
             xattr_permissions: None,
-            redirect_dir: RedirectDir::Off,
+            redirect_dir: None,
+            metacopy: false,
         }
     }
 
@@ -347,13 +350,18 @@ impl MountSpec {
             // Kernel overlayfs features layerfs does not have yet: only "off" is accepted.
             "redirect_dir" => {
                 let v = text(value)?;
-                self.redirect_dir = RedirectDir::parse(&v).ok_or_else(|| {
+                self.redirect_dir = Some(RedirectDir::parse(&v).ok_or_else(|| {
                     UsageError(format!(
                         "option 'redirect_dir' takes on, follow, nofollow or off, not '{v}'"
                     ))
-                })?;
+                })?);
             }
-            "index" | "metacopy" | "xino" | "nfs_export" => {
+            "metacopy" => match text(value)?.as_str() {
+                "on" => self.metacopy = true,
+                "off" => self.metacopy = false,
+                v => return usage(format!("option 'metacopy' takes on or off, not '{v}'")),
+            },
+            "index" | "xino" | "nfs_export" => {
                 let v = text(value)?;
                 if v != "off" {
                     return usage(format!("option '{key}={v}' is not supported (only 'off')"));
@@ -432,7 +440,26 @@ impl MountSpec {
         if self.upper.is_none() && self.workdir.is_some() {
             return usage("workdir given without upperdir");
         }
+        if let Some(r) = self.redirect_dir
+            && self.metacopy
+            && r != RedirectDir::On
+        {
+            return usage(format!(
+                "conflicting options: metacopy=on needs redirect_dir=on, not {}",
+                r.name()
+            ));
+        }
         Ok(())
+    }
+
+    /// What `redirect_dir=` comes to: as given, else `on` under metacopy (which needs
+    /// it, as on the kernel), else `off`.
+    pub fn redirect(&self) -> RedirectDir {
+        match (self.redirect_dir, self.metacopy) {
+            (Some(r), _) => r,
+            (None, true) => RedirectDir::On,
+            (None, false) => RedirectDir::Off,
+        }
     }
 }
 
@@ -657,9 +684,17 @@ mod tests {
         assert!(spec("lowerdir=/a,redirect_dir=maybe").is_err());
         assert!(spec("lowerdir=/a,index=on").is_err());
         assert_eq!(
-            spec("lowerdir=/a,redirect_dir=on").unwrap().redirect_dir,
+            spec("lowerdir=/a,redirect_dir=on").unwrap().redirect(),
             RedirectDir::On
         );
+        assert_eq!(spec("lowerdir=/a").unwrap().redirect(), RedirectDir::Off);
+        let meta = spec("lowerdir=/a,metacopy=on").unwrap();
+        assert!(meta.metacopy);
+        assert_eq!(meta.redirect(), RedirectDir::On);
+        assert!(spec("lowerdir=/a,metacopy=on,redirect_dir=on").is_ok());
+        let conflict = spec("lowerdir=/a,metacopy=on,redirect_dir=follow").unwrap();
+        assert!(conflict.check().is_err());
+        assert!(spec("lowerdir=/a,metacopy=maybe").is_err());
         assert!(spec("upperdir=/u").unwrap().check().is_err());
     }
 

@@ -46,6 +46,15 @@ impl RedirectDir {
         })
     }
 
+    pub fn name(self) -> &'static str {
+        match self {
+            RedirectDir::Off => "off",
+            RedirectDir::NoFollow => "nofollow",
+            RedirectDir::Follow => "follow",
+            RedirectDir::On => "on",
+        }
+    }
+
     pub fn follows(self) -> bool {
         self != RedirectDir::NoFollow
     }
@@ -161,6 +170,22 @@ impl LayerFs {
             write(dir, name, &redirect, self.cfg.xattr_ns)?;
         }
         Ok(Redirected { redirect, lower_at })
+    }
+
+    /// Gives the metacopy stub `node` (the upper `dir/name`) an absolute redirect to its
+    /// data unless it has one, as the kernel does before the stub gets another name.
+    pub(crate) fn redirect_stub(
+        &self,
+        node: &Inode,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> io::Result<()> {
+        let Some(value) = self.redirect_for_move(node, false)? else {
+            return Ok(());
+        };
+        write(dir, name, &value, self.cfg.xattr_ns)?;
+        node.set_redirect(value);
+        Ok(())
     }
 
     /// The path below `layer`'s root of the directory `ino`'s object there.

@@ -156,7 +156,7 @@ impl LayerFs {
         (st, place): Found,
     ) -> io::Result<(Arc<Inode>, Arc<OwnedFd>, Arc<OwnedFd>)> {
         let snode = self.node_for(&st, place)?;
-        self.copy_up(&snode, CopyData::Full)?;
+        self.copy_up(&snode, CopyData::Metacopy)?;
         self.copy_up(ends.newparent, CopyData::Full)?;
         let sdir = self.dir_fd(0, ends.parent)?;
         Ok((snode, sdir, self.dir_fd(0, ends.newparent)?))
@@ -169,7 +169,7 @@ impl LayerFs {
         let same_parent = parent.ino == newparent.ino;
         let (snode, sdir, ddir) = self.source_copied_up(ends, src)?;
         let dnode = self.node_for(&dst_st, dplace)?;
-        self.copy_up(&dnode, CopyData::Full)?;
+        self.copy_up(&dnode, CopyData::Metacopy)?;
         let sred = self.before_move(&snode, &sdir, name, same_parent)?;
         let dred = self.before_move(&dnode, &ddir, newname, same_parent)?;
         if !same_parent {
@@ -289,7 +289,8 @@ impl LayerFs {
         Ok(())
     }
 
-    /// For a directory that lower layers hold, about to move from the upper `dir/name`:
+    /// For a directory that lower layers hold, or a metacopy stub, about to move from the
+    /// upper `dir/name`:
     /// its redirect, written (see [`LayerFs::redirect_before_move`]); `None` for anything
     /// else.
     fn before_move(
@@ -299,7 +300,8 @@ impl LayerFs {
         name: &OsStr,
         same_parent: bool,
     ) -> io::Result<Option<Redirected>> {
-        if !node.is_dir() || node.place().lowers.is_empty() {
+        let place = node.place();
+        if !(node.is_dir() || place.metacopy) || place.lowers.is_empty() {
             return Ok(None);
         }
         self.redirect_before_move(node, dir.as_fd(), name, same_parent)

@@ -12,6 +12,7 @@ use crate::atime;
 use crate::creds;
 use crate::layers::Layers;
 use crate::options::{Atime, MountFlags, MountSpec, Passthrough, UsageError};
+use crate::redirect::RedirectDir;
 use crate::statoverride::{OverrideXattr, StatOverride};
 use crate::sys;
 use crate::union::FsConfig;
@@ -200,6 +201,29 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
     } else {
         XattrNs::User
     };
+    // As the kernel's `userxattr`: redirects and metacopy are for trusted xattrs only (a
+    // user who can write the upper's user xattrs could forge them to reach any lower file).
+    let (redirect, metacopy) = match (xattr_ns, spec.redirect_dir) {
+        (XattrNs::Trusted, _) => (spec.redirect(), spec.metacopy),
+        (XattrNs::User, Some(r @ (RedirectDir::On | RedirectDir::Follow))) => {
+            if let Some(w) = &create_workdir {
+                let _ = std::fs::remove_dir_all(w);
+            }
+            return fail(format!(
+                "redirect_dir={} needs trusted.* xattrs in the upper, which this process may not set",
+                r.name()
+            ));
+        }
+        (XattrNs::User, _) if spec.metacopy => {
+            if let Some(w) = &create_workdir {
+                let _ = std::fs::remove_dir_all(w);
+            }
+            return fail(
+                "metacopy=on needs trusted.* xattrs in the upper, which this process may not set",
+            );
+        }
+        (XattrNs::User, _) => (RedirectDir::NoFollow, false),
+    };
     let atime = match layers.upper() {
         Some(u) => atime::effective(flags.atime, sys::mount_flags(u.root()).unwrap_or(0)),
         None => Atime::Never,
@@ -215,7 +239,8 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
             xattrs: spec.xattrs,
             passthrough: passthrough(spec, &flags),
             atime,
-            redirect: spec.redirect_dir,
+            redirect,
+            metacopy,
         },
         mountpoint,
         flags,

@@ -19,12 +19,19 @@ use crate::handles::{HandleTable, OpenDir, OpenFile};
 use crate::idmap::Owners;
 use crate::inode::{Ino, Inode, InodeTable, LowerAt, Place, ROOT};
 use crate::layers::{LayerId, Layers};
+use crate::metacopy;
 use crate::numbers::InoNumbers;
 use crate::options::{Atime, Passthrough};
 use crate::redirect::{self, RedirectDir};
 use crate::sys::{self, Stat, XattrTarget};
 use crate::whiteout::{self, SharedWhiteouts, WhiteoutFormat, XattrNs};
 use crate::workdir::WorkDir;
+
+/// A metacopy stub whose data no lower layer has: EIO, as on the kernel.
+fn metacopy_without_data(name: &OsStr) -> io::Error {
+    log::warn!("metacopy stub {name:?} has no lower data");
+    errno(libc::EIO)
+}
 
 /// Behaviour switches fixed at mount time.
 #[derive(Clone, Debug)]
@@ -48,6 +55,9 @@ pub struct FsConfig {
     pub passthrough: Passthrough,
     /// Whether directory redirects are followed and written (`redirect_dir=`).
     pub redirect: RedirectDir,
+    /// `metacopy=on`: metadata changes of lower files copy up only metadata; stubs that
+    /// keep their data below are followed (refused, EPERM, when off, as on the kernel).
+    pub metacopy: bool,
 }
 
 impl Default for FsConfig {
@@ -61,6 +71,7 @@ impl Default for FsConfig {
             atime: Atime::Never,
             passthrough: Passthrough::Off,
             redirect: RedirectDir::Off,
+            metacopy: false,
         }
     }
 }
@@ -207,6 +218,7 @@ impl LayerFs {
             held: None,
             lower_at: Vec::new(),
             redirect: None,
+            metacopy: false,
         };
         let numbers = InoNumbers::new(layers.fs_indexes(), layers.upper().is_some());
         Ok(LayerFs {
@@ -319,6 +331,24 @@ impl LayerFs {
         Ok(self.dirfds.insert(key, fd))
     }
 
+    /// Takes redirect `r`, found in layer `lid` (the `i`th of `layers`), for the lookups
+    /// below: where they look (`at`), and for an absolute one which layers (every layer
+    /// below `lid`, from its root).
+    fn follow_redirect(
+        &self,
+        layers: &mut Vec<LayerId>,
+        i: usize,
+        lid: LayerId,
+        at: &mut LowerAt,
+        r: &OsStr,
+    ) {
+        *at = redirect::follow(at, r);
+        if redirect::is_absolute(r) {
+            layers.truncate(i);
+            layers.extend(self.layers.below(lid));
+        }
+    }
+
     /// The directory of `layer` to look a name up in, and the name, for a lookup in
     /// `parent` that is at `at` in that layer.
     pub(crate) fn lookup_base(
@@ -409,6 +439,24 @@ impl LayerFs {
                 break;
             }
             let upper = self.layers.is_upper(lid);
+            if let Some((shown, place)) = &mut found
+                && place.metacopy
+            {
+                // Below a metacopy stub: its data, a regular file (itself a stub in a lower
+                // that was once an upper: followed further down).
+                if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                    return Err(metacopy_without_data(name));
+                }
+                if metacopy::is_stub(dir.as_fd(), &leaf, self.cfg.xattr_ns)? {
+                    if let Some(r) = redirect::read(dir.as_fd(), &leaf, self.cfg.xattr_ns)? {
+                        self.follow_redirect(&mut layers, i, lid, &mut at, &r);
+                    }
+                    continue;
+                }
+                place.push_lower(lid, at.clone());
+                shown.st_blocks = st.st_blocks;
+                break;
+            }
             let place = match &mut found {
                 None => {
                     let mut st = st;
@@ -428,6 +476,21 @@ impl LayerFs {
                 }
             };
             if !is_dir(&st) {
+                if upper
+                    && st.st_mode & libc::S_IFMT == libc::S_IFREG
+                    && metacopy::is_stub(dir.as_fd(), &leaf, self.cfg.xattr_ns)?
+                {
+                    if !self.cfg.metacopy {
+                        log::warn!("refusing to follow the metacopy stub {name:?} (metacopy=off)");
+                        return Err(errno(libc::EPERM));
+                    }
+                    place.metacopy = true;
+                    if let Some(r) = redirect::read(dir.as_fd(), &leaf, self.cfg.xattr_ns)? {
+                        place.redirect = Some(r.clone());
+                        self.follow_redirect(&mut layers, i, lid, &mut at, &r);
+                    }
+                    continue;
+                }
                 break;
             }
             let mut absolute = false;
@@ -440,12 +503,7 @@ impl LayerFs {
                     return Err(errno(libc::EPERM));
                 }
                 absolute = redirect::is_absolute(&r);
-                at = redirect::follow(&at, &r);
-                if absolute {
-                    // Looked up from the roots of every layer below this one.
-                    layers.truncate(i);
-                    layers.extend(self.layers.below(lid));
-                }
+                self.follow_redirect(&mut layers, i, lid, &mut at, &r);
                 if upper {
                     place.redirect = Some(r);
                 }
@@ -453,6 +511,12 @@ impl LayerFs {
             if i == layers.len() || (!absolute && whiteout::is_opaque(dir.as_fd(), &leaf)?) {
                 break;
             }
+        }
+        if let Some((_, place)) = &found
+            && place.metacopy
+            && place.lowers.is_empty()
+        {
+            return Err(metacopy_without_data(name));
         }
         Ok(match found {
             Some((st, place)) => Resolved::Found {
@@ -575,6 +639,15 @@ impl LayerFs {
     /// a merged directory, as kernel overlayfs reports.
     pub(crate) fn shown(&self, node: &Inode, mut st: Stat) -> Attr {
         st.st_ino = node.ino;
+        // A metacopy stub counts the blocks of its data, as on the kernel.
+        if node.in_upper()
+            && !node.data_in_upper()
+            && let Some(lower) = node.place().data_layer()
+            && let Ok((dir, name)) = self.parent_fd(lower, node)
+            && let Ok(data) = sys::fstatat(dir.as_fd(), &name)
+        {
+            st.st_blocks = data.st_blocks;
+        }
         (st.st_uid, st.st_gid) = self.cfg.owners.show(st.st_uid, st.st_gid);
         if node.is_dir() && node.layer_count() > 1 {
             st.st_nlink = 1;

@@ -73,7 +73,7 @@ impl LayerFs {
         self.xattr_allowed(Some(name))?;
         self.layers.writable()?;
         let node = self.node(ino)?;
-        self.copy_up(&node, CopyData::Full)?;
+        self.copy_up(&node, CopyData::Metacopy)?;
         let (dir, n) = self.object_fd(0, &node)?;
         if !acl::is_acl_xattr(name) {
             return XattrTarget::at(dir.as_fd(), &n)?.set(name, value, flags);
@@ -115,7 +115,7 @@ impl LayerFs {
         let node = self.node(ino)?;
         // Copying up only to find the xattr missing would be wasted work.
         self.getxattr(ino, name)?;
-        self.copy_up(&node, CopyData::Full)?;
+        self.copy_up(&node, CopyData::Metacopy)?;
         let (dir, n) = self.object_fd(0, &node)?;
         XattrTarget::at(dir.as_fd(), &n)?.remove(name)
     }

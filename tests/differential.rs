@@ -175,20 +175,28 @@ fn script() -> Vec<Op> {
 /// Runs `ops` on kernel overlayfs and on layerfs over identical layers and lists every
 /// difference: errnos, merged views, upper directories, and each upper mounted by the other.
 fn compare(ops: &[Op]) -> Vec<String> {
-    compare_in(ops, Redirects::Off)
+    compare_in(ops, Features::Plain)
 }
 
-/// Whether both mounts write directory redirects (`redirect_dir=on`).
+/// The overlay features both mounts run with.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Redirects {
-    Off,
-    On,
+enum Features {
+    /// The defaults: no redirects written, full copy-ups.
+    Plain,
+    /// `redirect_dir=on`: directory renames write redirects.
+    Redirects,
+    /// `metacopy=on` (with redirect_dir=on): metadata changes copy up stubs.
+    Metacopy,
 }
 
-fn compare_in(ops: &[Op], redirects: Redirects) -> Vec<String> {
-    let (kernel, ours): (&str, &[&str]) = match redirects {
-        Redirects::Off => ("", &[]),
-        Redirects::On => ("redirect_dir=on", &["-o", "redirect_dir=on"]),
+fn compare_in(ops: &[Op], features: Features) -> Vec<String> {
+    let (kernel, ours): (&str, &[&str]) = match features {
+        Features::Plain => ("", &[]),
+        Features::Redirects => ("redirect_dir=on", &["-o", "redirect_dir=on"]),
+        Features::Metacopy => (
+            "redirect_dir=on,metacopy=on",
+            &["-o", "redirect_dir=on,metacopy=on"],
+        ),
     };
     compare_with_kernel_using(2, populate, kernel, ours, |root| {
         ops.iter()
@@ -207,6 +215,39 @@ fn script_matches_kernel_overlayfs() {
 /// The script and then directory moves, with redirect_dir=on on both sides: the same
 /// errnos, trees, and redirect/opaque xattrs in the upper, and each upper mounted by the
 /// other shows the same tree.
+/// Metadata changes of lower files under metacopy=on copy up stubs; then their data is
+/// read, written, truncated, moved and linked, with the kernel's stubs, redirects and
+/// origins in the upper, and each upper mounted by the other.
+#[test]
+fn script_matches_kernel_overlayfs_with_metacopy() {
+    require_fuse!();
+    use Op::*;
+    let mut ops = vec![
+        Chmod("etc/hosts", 0o600),
+        Chown("etc/passwd", 1, 1),
+        SetXattr("bin/tool", "user.m", "v"),
+        Chmod("deep/a/b/c/d", 0o640),
+        Chmod("owned", 0o600),
+        Read("etc/hosts"),
+        Read("deep/a/b/c/d"),
+        Rename("etc/hosts", "etc/hosts2"),
+        Rename("etc/passwd", "passwd"),
+        Link("bin/tool", "tool2"),
+        Append("etc/hosts2", "+"),
+        Truncate("passwd", 2),
+        Write("owned", "new"),
+        Read("tool2"),
+        Rename("deep", "deep2"),
+        Read("deep2/a/b/c/d"),
+        Append("deep2/a/b/c/d", "+"),
+        Unlink("tool2"),
+        Chmod("etc/group-missing", 0o600),
+    ];
+    ops.extend(script());
+    let problems = compare_in(&ops, Features::Metacopy);
+    assert!(problems.is_empty(), "differences:\n{}", problems.join("\n"));
+}
+
 #[test]
 fn script_matches_kernel_overlayfs_with_redirects() {
     require_fuse!();
@@ -233,7 +274,7 @@ fn script_matches_kernel_overlayfs_with_redirects() {
         Rmdir("hard/etc"),
         Rename("a", "hard/etc"),
     ]);
-    let problems = compare_in(&ops, Redirects::On);
+    let problems = compare_in(&ops, Features::Redirects);
     assert!(problems.is_empty(), "differences:\n{}", problems.join("\n"));
 }
 
@@ -294,6 +335,7 @@ fn random_ops(seed: u64, n: usize) -> Vec<Op> {
             7 => Op::Rename2(r.path(), r.path(), libc::RENAME_EXCHANGE),
             8 => Op::Symlink("target", r.path()),
             9 => Op::Link(r.path(), r.path()),
+            10 if r.next().is_multiple_of(2) => Op::Chown(r.path(), 1, 1),
             10 => Op::Chmod(r.path(), 0o700),
             11 => Op::Truncate(r.path(), 1),
             12 => Op::SetXattr(r.path(), "user.r", "v"),
@@ -321,17 +363,14 @@ fn random_sequences_match_kernel_overlayfs() {
     };
     let (mut sequences, mut operations) = (0, 0);
     for &seed in &seeds {
-        // Odd seeds also write directory redirects (directory renames among the ops).
-        let redirects = if seed % 2 == 1 {
-            Redirects::On
-        } else {
-            Redirects::Off
-        };
+        // Seeds take turns: the defaults, directory redirects, metacopy.
+        let features =
+            [Features::Plain, Features::Redirects, Features::Metacopy][seed as usize % 3];
         let ops = random_ops(seed, 40);
-        let problems = compare_in(&ops, redirects);
+        let problems = compare_in(&ops, features);
         assert!(
             problems.is_empty(),
-            "seed {seed}, redirects {redirects:?} (rerun with LAYERFS_DIFF_SEED={seed}):\n{}\nops: {ops:#?}",
+            "seed {seed}, {features:?} (rerun with LAYERFS_DIFF_SEED={seed}):\n{}\nops: {ops:#?}",
             problems.join("\n")
         );
         sequences += 1;

@@ -84,16 +84,17 @@ drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$RESULTS"; }
 
 # mount TARGET LOWERDIR UPPER WORK: mounts on $MNT (native: a bind of the top lower).
+# EXTRA (optional) is more comma-separated options for kernel overlayfs and layerfs.
 mount_target() {
-  local t=$1 lower=$2 upper=$3 work=$4
+  local t=$1 lower=$2 upper=$3 work=$4 o="lowerdir=$2,upperdir=$3,workdir=$4${5:+,$5}"
   mkdir -p "$upper" "$work"
   case $t in
     native) mount --bind "${lower%%:*}" "$MNT" ;;
-    kernel) mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" ;;
-    layerfs) "$LAYERFS" -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" ;;
-    layerfs-base) "$BASE_LAYERFS" -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" ;;
-    layerfs-nopassthrough) "$LAYERFS" -o "lowerdir=$lower,upperdir=$upper,workdir=$work,passthrough=off" "$MNT" ;;
-    layerfs-all) "$LAYERFS" -o "lowerdir=$lower,upperdir=$upper,workdir=$work,passthrough=all" "$MNT" ;;
+    kernel) mount -t overlay overlay -o "$o" "$MNT" ;;
+    layerfs) "$LAYERFS" -o "$o" "$MNT" ;;
+    layerfs-base) "$BASE_LAYERFS" -o "$o" "$MNT" ;;
+    layerfs-nopassthrough) "$LAYERFS" -o "$o,passthrough=off" "$MNT" ;;
+    layerfs-all) "$LAYERFS" -o "$o,passthrough=all" "$MNT" ;;
     fuse-overlayfs-1) fuse-overlayfs -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" 2>/dev/null ;;
     fuse-overlayfs-2) "$FOV2" -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" 2>/dev/null ;;
   esac
@@ -142,6 +143,19 @@ round() {
     s=$(now); chmod 600 "$MNT/copy2"; record "$t" "chmod of ${COPY} MiB lower file (s)" "$r" "$(since "$s")"
   fi
   unmount_target
+  # Metadata changes of lower files with metacopy off and on (the kernel beside it with
+  # the same option; fuse-overlayfs has no metacopy).
+  case $t in
+    kernel | layerfs | layerfs-all | layerfs-nopassthrough)
+      for mc in off on; do
+        mount_target "$t" "$lower" "$W/mcu-$t-$r-$mc" "$W/mcw-$t-$r-$mc" "metacopy=$mc"
+        s=$(now); chown -R 1:1 "$MNT/walk"; record "$t" "chown -R of $WALK lower files, metacopy=$mc (s)" "$r" "$(since "$s")"
+        s=$(now); chmod 600 "$MNT/copy2"; record "$t" "chmod of ${COPY} MiB lower file, metacopy=$mc (s)" "$r" "$(since "$s")"
+        unmount_target
+        rm -rf "$W/mcu-$t-$r-$mc" "$W/mcw-$t-$r-$mc"
+      done
+      ;;
+  esac
   if [ "$t" != native ]; then
     local many; many=$(ls -d "$MANY"/l* | paste -sd:)
     s=$(now); mount_target "$t" "$many" "$W/mup-$t-$r" "$W/mwk-$t-$r"; ls "$MNT" > /dev/null; unmount_target

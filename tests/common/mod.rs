@@ -569,6 +569,7 @@ fn walk(root: &Path, dir: &Path, raw: bool, out: &mut BTreeMap<String, String>) 
                         "trusted.overlay.redirect",
                         "trusted.overlay.origin",
                         "trusted.overlay.impure",
+                        "trusted.overlay.metacopy",
                     ]
                     .contains(&n.as_str())
             })
