@@ -49,7 +49,13 @@ fn fresh_union(root: &Path, lower: &Path) -> (LayerFs, tempfile::TempDir) {
     let upper = tempfile::tempdir_in(root).unwrap();
     std::fs::create_dir(upper.path().join("u")).unwrap();
     std::fs::create_dir(upper.path().join("w")).unwrap();
-    let layers = Layers::open(Some(&upper.path().join("u")), &[lower.to_path_buf()], None).unwrap();
+    let layers = Layers::open(
+        Some(&upper.path().join("u")),
+        &[lower.to_path_buf()],
+        &[],
+        None,
+    )
+    .unwrap();
     let work = WorkDir::open(&upper.path().join("w")).unwrap();
     (
         LayerFs::new(layers, Some(work), FsConfig::default()).unwrap(),

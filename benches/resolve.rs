@@ -20,7 +20,7 @@ fn union(root: &std::path::Path, n: usize, fill: impl Fn(usize, &std::path::Path
     let (upper, work) = (root.join("u"), root.join("w"));
     std::fs::create_dir(&upper).unwrap();
     std::fs::create_dir(&work).unwrap();
-    let layers = Layers::open(Some(&upper), &lowers, None).unwrap();
+    let layers = Layers::open(Some(&upper), &lowers, &[], None).unwrap();
     let work = WorkDir::open(&work).unwrap();
     LayerFs::new(layers, Some(work), FsConfig::default()).unwrap()
 }

@@ -55,10 +55,22 @@ impl LayerFs {
         let lower = *place.lowers.first().ok_or_else(|| errno(libc::ENOENT))?;
         let parent = self.node(place.parent)?;
         let (src_dir, src_name) = self.parent_fd(lower, node)?;
+        // A lower metacopy stub's data is in the layer of its data (a data-only one, say).
+        let data_at = match place.data_layer() {
+            Some(d) if place.metacopy => Some(self.parent_fd(d, node)?),
+            None => return Err(errno(libc::ENOENT)),
+            _ => None,
+        };
+        let (data_dir, data_name) = match &data_at {
+            Some((d, n)) => (d, n),
+            None => (&src_dir, &src_name),
+        };
         let src = Source {
             layer: lower,
             dir: src_dir.as_fd(),
             name: &src_name,
+            data_dir: data_dir.as_fd(),
+            data_name,
             real: sys::fstatat(src_dir.as_fd(), &src_name)?,
         };
         let shown = self.stat_at(lower, src.dir, src.name)?;
@@ -149,7 +161,7 @@ impl LayerFs {
             )?);
             let size = sys::fstat(from.as_fd())?.st_size as u64;
             copy_data(&from, &to, size)?;
-            if self.cfg.fsync {
+            if self.cfg.fsync && size > 0 {
                 to.sync_all()?;
             }
         }
@@ -200,11 +212,14 @@ fn restore_times(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> io::Result<()>
     )
 }
 
-/// The lower object a copy-up copies: its layer, directory, name and real stat.
+/// The lower object a copy-up copies: its layer, directory, name and real stat, and where
+/// its data is (the object itself, or a lower stub's data).
 struct Source<'a> {
     layer: crate::layers::LayerId,
     dir: BorrowedFd<'a>,
     name: &'a OsStr,
+    data_dir: BorrowedFd<'a>,
+    data_name: &'a OsStr,
     real: Stat,
 }
 
@@ -234,8 +249,8 @@ impl LayerFs {
         match fmt {
             libc::S_IFREG => {
                 let from = File::from(sys::openat_noatime(
-                    src.dir,
-                    src.name,
+                    src.data_dir,
+                    src.data_name,
                     libc::O_RDONLY | libc::O_NOFOLLOW,
                 )?);
                 let to = File::from(sys::openat(
@@ -251,8 +266,8 @@ impl LayerFs {
                 } else if data != CopyData::MetadataOnly {
                     copy_data(&from, &to, src.real.st_size as u64)?;
                     // As the kernel does: the data is on disk before the copy takes the
-                    // original's place (not for volatile/fsync=0).
-                    if self.cfg.fsync {
+                    // original's place (not for volatile/fsync=0; an empty file has none).
+                    if self.cfg.fsync && src.real.st_size > 0 {
                         to.sync_all()?;
                     }
                 }

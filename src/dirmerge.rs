@@ -182,12 +182,11 @@ impl LayerFs {
                 let st = self.stat_at(e.layer, dir.as_fd(), &e.name)?;
                 // Another name of a lower hard link may have been copied up, and an upper
                 // file may be a metacopy stub: in full.
-                let simple = if self.layers.is_upper(e.layer) {
-                    st.st_mode & libc::S_IFMT != libc::S_IFREG
-                        || !metacopy::is_stub(dir.as_fd(), &e.name, self.cfg.xattr_ns)?
-                } else {
-                    st.st_nlink == 1
-                };
+                let maybe_stub = self.layers.is_upper(e.layer) || self.stubs_followed();
+                let stub = maybe_stub
+                    && st.st_mode & libc::S_IFMT == libc::S_IFREG
+                    && metacopy::is_stub(dir.as_fd(), &e.name, self.cfg.xattr_ns)?;
+                let simple = !stub && (self.layers.is_upper(e.layer) || st.st_nlink == 1);
                 if simple && self.ino_for(e.layer, st.st_ino) == e.ino {
                     let place =
                         Place::found(parent.ino, &e.name, e.layer, self.layers.is_upper(e.layer));

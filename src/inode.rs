@@ -57,8 +57,12 @@ pub struct Place {
     pub lower_at: Vec<LowerAt>,
     /// The redirect the upper object carries, as read at lookup or set by a rename.
     pub redirect: Option<OsString>,
-    /// The upper object is a metacopy stub (`metacopy=on`): its data is its first lower's.
+    /// The object is a metacopy stub (in the upper, or a lower's stub): its data is its
+    /// last lower's.
     pub metacopy: bool,
+    /// A stub redirected into the data-only layers, none of which holds its object: it
+    /// shows, but its data cannot be had (ENOENT at open, as the kernel's lazy lookup).
+    pub data_missing: bool,
 }
 
 /// Where a lower layer holds an object.
@@ -86,14 +90,17 @@ impl Place {
             lower_at: Vec::new(),
             redirect: None,
             metacopy: false,
+            data_missing: false,
         }
     }
 
-    /// The layer holding the object's data: the first lower of a metacopy stub, else the
+    /// The layer holding the object's data: the last lower of a metacopy stub, else the
     /// top one.
     pub fn data_layer(&self) -> Option<LayerId> {
-        if self.metacopy {
-            self.lowers.first().copied()
+        if self.data_missing {
+            None
+        } else if self.metacopy {
+            self.lowers.last().copied()
         } else {
             self.top()
         }
@@ -365,6 +372,11 @@ impl Inode {
 
     pub fn in_upper(&self) -> bool {
         self.copied_up.load(Ordering::Acquire)
+    }
+
+    /// Whether the object is a metacopy stub (its data is in its last lower).
+    pub fn is_metacopy(&self) -> bool {
+        self.place.read().metacopy
     }
 
     /// Whether the object's data is in the upper layer (copied up, and not a metacopy stub).
@@ -657,6 +669,7 @@ mod tests {
             lower_at: Vec::new(),
             redirect: None,
             metacopy: false,
+            data_missing: false,
         }
     }
 

@@ -91,6 +91,8 @@ impl Layer {
 pub struct Layers {
     layers: Vec<Layer>,
     has_upper: bool,
+    /// The index of the first data-only layer (all of them are at the end).
+    first_data: usize,
     /// Some layer keeps owner/mode overrides (fixed at open; asked on every xattr call).
     any_override: bool,
 }
@@ -102,11 +104,15 @@ impl Layers {
     pub fn open(
         upper: Option<&Path>,
         lowers: &[PathBuf],
+        data: &[PathBuf],
         upper_override: Option<OverrideXattr>,
     ) -> io::Result<Self> {
         let mut layers = Vec::new();
         let mut devs: HashMap<u64, u64> = HashMap::new();
-        let all = upper.into_iter().chain(lowers.iter().map(PathBuf::as_path));
+        let all = upper
+            .into_iter()
+            .chain(lowers.iter().map(PathBuf::as_path))
+            .chain(data.iter().map(PathBuf::as_path));
         for (i, path) in all.enumerate() {
             let root = sys::openat2(
                 std::fs::File::open("/")?.as_fd(),
@@ -136,6 +142,7 @@ impl Layers {
         }
         Ok(Layers {
             any_override: layers.iter().any(|l| l.stat_override.is_some()),
+            first_data: layers.len() - data.len(),
             layers,
             has_upper: upper.is_some(),
         })
@@ -164,13 +171,24 @@ impl Layers {
         self.has_upper && id == 0
     }
 
+    /// The lower layers that merge into the namespace (data-only ones excluded).
     pub fn lowers(&self) -> &[Layer] {
+        &self.layers[usize::from(self.has_upper)..self.first_data]
+    }
+
+    /// The data-only layers, topmost first: they only serve metacopy stubs' data.
+    pub fn data_only(&self) -> &[Layer] {
+        &self.layers[self.first_data..]
+    }
+
+    /// Every lower layer, data-only ones included (what origins may point into).
+    pub fn all_lowers(&self) -> &[Layer] {
         &self.layers[usize::from(self.has_upper)..]
     }
 
-    /// The lower layers below layer `id`, topmost first.
+    /// The merging lower layers below layer `id`, topmost first.
     pub fn below(&self, id: LayerId) -> impl Iterator<Item = LayerId> + use<> {
-        let n = self.layers.len();
+        let n = self.first_data;
         (usize::from(id) + 1..n).filter_map(|i| LayerId::try_from(i).ok())
     }
 

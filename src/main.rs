@@ -94,7 +94,7 @@ fn mount_form(a: &MountArgs) -> Result<MountSpec, UsageError> {
         }
     };
     let mut spec = MountSpec::new(PathBuf::from(mnt));
-    spec.lowers = split_lowerdir(lowers)?;
+    (spec.lowers, spec.data_lowers) = split_lowerdir(lowers)?;
     spec.upper = upper.map(PathBuf::from);
     spec.workdir = a.workdir.clone();
     apply_common(&mut spec, &a.common)?;

@@ -20,18 +20,9 @@ fn xattr_name(ns: XattrNs) -> &'static OsStr {
 
 /// Whether the regular file `dir/name` is a metacopy stub.
 pub fn is_stub(dir: BorrowedFd<'_>, name: &OsStr, ns: XattrNs) -> io::Result<bool> {
-    match XattrTarget::at(dir, name)?.get(xattr_name(ns)) {
-        Ok(_) => Ok(true),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) | Some(libc::EPERM)
-            ) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(e),
-    }
+    Ok(XattrTarget::at(dir, name)?
+        .get_if_any(xattr_name(ns))?
+        .is_some())
 }
 
 /// Marks the file `dir/name` (being built in the work directory) a metacopy stub.

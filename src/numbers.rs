@@ -4,8 +4,10 @@
 //! overlayfs (the numbers are unique across the layers already). Otherwise its number packs
 //! the index of its layer's filesystem (among the distinct filesystems of the layers) into
 //! the high 16 bits and its real inode number into the low 48, so numbers are unique across
-//! layers, stable for the mount's life and shared by hard links. A real number that does
-//! not fit (or is 1, the FUSE root's) gets a fresh one on first sight. An upper object
+//! layers, stable for the mount's life and shared by hard links; under `xino=on|auto` it is
+//! the kernel's xino number instead: the real number with the filesystem's index (0 for
+//! the upper's) in the top bits, below them one bit that marks the fresh numbers. A real
+//! number that does not fit (or is 1, the FUSE root's) gets a fresh one on first sight. An upper object
 //! may show another number than its own: a copy keeps the number its lower showed, and an
 //! upper object reusing the real number of a deleted object that the kernel still holds
 //! gets a fresh one (the kernel must never see one number stand for two objects). Those
@@ -29,6 +31,9 @@ pub struct InoNumbers {
     has_upper: bool,
     /// Every layer is on one filesystem: real numbers are shown as they are.
     same_fs: bool,
+    /// Under xino: the kernel's `xinoshift` (64 minus its xino bits); the filesystem index
+    /// goes above bit `shift`, fresh numbers set bit `shift`.
+    xino_shift: Option<u32>,
     /// Numbers given to (filesystem, real number) pairs that do not fit the packed form.
     overflow: DashMap<(u64, u64), Ino>,
     next_fresh: AtomicU64,
@@ -41,12 +46,33 @@ impl InoNumbers {
     /// The numbering for layers whose filesystems have the indexes `fs_of` (by layer);
     /// layer 0 is the upper if `has_upper`.
     pub fn new(fs_of: Vec<u64>, has_upper: bool) -> Self {
+        Self::with_xino(fs_of, has_upper, false)
+    }
+
+    /// The same, with the kernel's xino numbers (`xino=on|auto`) where the layers span
+    /// filesystems.
+    pub fn with_xino(fs_of: Vec<u64>, has_upper: bool, xino: bool) -> Self {
+        let same_fs = fs_of.iter().all(|&f| f == 0);
+        // The kernel numbers filesystems from 0, the upper's (kept even without an upper),
+        // and uses ilog2(count - 1) + 2 bits.
+        let fs_of: Vec<u64> = if has_upper || !xino {
+            fs_of
+        } else {
+            fs_of.iter().map(|f| f + 1).collect()
+        };
+        let count = fs_of.iter().max().map_or(1, |m| m + 1);
+        let xino_shift = (xino && !same_fs).then(|| 64 - ((count - 1).ilog2() + 2));
+        let fresh = match xino_shift {
+            Some(shift) => 1 << shift,
+            None => 0xffff << INO_BITS,
+        };
         InoNumbers {
-            same_fs: fs_of.iter().all(|&f| f == 0),
+            same_fs,
+            xino_shift,
             fs_of,
             has_upper,
             overflow: DashMap::new(),
-            next_fresh: AtomicU64::new(0xffff << INO_BITS),
+            next_fresh: AtomicU64::new(fresh),
             upper_kept: DashMap::new(),
         }
     }
@@ -61,6 +87,15 @@ impl InoNumbers {
         let fs = self.fs_of[usize::from(layer)];
         if self.same_fs && st_ino > 1 && st_ino < (0xffff << INO_BITS) {
             return st_ino;
+        }
+        if let Some(shift) = self.xino_shift {
+            if st_ino >> shift == 0 && (st_ino > 1 || fs > 0) {
+                return st_ino | (fs << (shift + 1));
+            }
+            return *self
+                .overflow
+                .entry((fs, st_ino))
+                .or_insert_with(|| self.fresh());
         }
         if !self.same_fs && st_ino < (1 << INO_BITS) && fs < 0xfffe {
             return ((fs + 1) << INO_BITS) | st_ino;
@@ -135,6 +170,30 @@ mod tests {
         assert_ne!(reused, (1 << INO_BITS) | 7);
         assert_eq!(n.shown(0, 7, |_| false), reused, "kept until released");
         assert_ne!(reused, big);
+    }
+
+    #[test]
+    fn xino_numbers_are_the_kernels() {
+        // Upper on one filesystem, two lowers on two others: 3 filesystems, 3 xino bits.
+        let n = InoNumbers::with_xino(vec![0, 1, 2], true, true);
+        assert_eq!(n.shown(1, 2, |_| false), 0x4000_0000_0000_0002);
+        assert_eq!(n.shown(2, 2, |_| false), 0x8000_0000_0000_0002);
+        assert_eq!(n.shown(0, 0xaa88f5, |_| false), 0xaa88f5);
+        let big = n.shown(1, 1 << 62, |_| false);
+        assert_eq!(
+            big >> 61,
+            1,
+            "fresh numbers have the bit below the fsid bits"
+        );
+        // Two filesystems: 2 bits; no upper: the lowers' filesystems count from 1.
+        let two = InoNumbers::with_xino(vec![0, 1], true, true);
+        assert_eq!(two.shown(1, 5, |_| false), (1 << 63) | 5);
+        let ro = InoNumbers::with_xino(vec![0, 1], false, true);
+        assert_eq!(ro.shown(0, 5, |_| false), (1 << 62) | 5);
+        assert_eq!(ro.shown(1, 5, |_| false), (2 << 62) | 5);
+        // One filesystem: real numbers, xino or not.
+        let one = InoNumbers::with_xino(vec![0, 0], true, true);
+        assert_eq!(one.shown(1, 5, |_| false), 5);
     }
 
     #[test]

@@ -84,6 +84,14 @@ pub struct MountSpec {
     pub redirect_dir: Option<RedirectDir>,
     /// `metacopy=on`: a metadata change of a lower file copies up only its metadata.
     pub metacopy: bool,
+    /// Data-only lower layers (after `::` in `lowerdir=`, or `datadir+=`), below the
+    /// lowers: never merged, they serve the data of metacopy stubs whose absolute
+    /// redirect points into them.
+    pub data_lowers: Vec<PathBuf>,
+    /// Layers were given one by one (`lowerdir+=`, `datadir+=`).
+    pub layers_added: bool,
+    /// `xino=on|auto`: layers on several filesystems get the kernel's xino numbers.
+    pub xino: bool,
 }
 
 /// Which opens pass file data straight between the kernel and a layer's file (FUSE
@@ -223,6 +231,9 @@ impl MountSpec {
             xattr_permissions: None,
             redirect_dir: None,
             metacopy: false,
+            data_lowers: Vec::new(),
+            layers_added: false,
+            xino: false,
         }
     }
 
@@ -256,7 +267,27 @@ impl MountSpec {
             "lowerdir" => {
                 let v =
                     value.ok_or_else(|| UsageError("option 'lowerdir' needs a value".into()))?;
-                self.lowers = split_lowerdir(&v)?;
+                if self.layers_added {
+                    return usage("lowerdir= cannot be mixed with lowerdir+= or datadir+=");
+                }
+                (self.lowers, self.data_lowers) = split_lowerdir(&v)?;
+            }
+            // The kernel's one-layer-per-option forms (new mount API).
+            "lowerdir+" | "datadir+" => {
+                let p = path(value)?;
+                if !self.layers_added && !self.lowers.is_empty() {
+                    return usage(format!("{key}= cannot be mixed with lowerdir="));
+                }
+                self.layers_added = true;
+                if key == "datadir+" {
+                    self.data_lowers.push(p);
+                } else if self.data_lowers.is_empty() {
+                    self.lowers.push(p);
+                } else {
+                    return usage(
+                        "lowerdir+= cannot follow datadir+= (data-only layers are the lowest)",
+                    );
+                }
             }
             "upperdir" => self.upper = Some(path(value)?),
             "workdir" => self.workdir = Some(path(value)?),
@@ -361,7 +392,12 @@ impl MountSpec {
                 "off" => self.metacopy = false,
                 v => return usage(format!("option 'metacopy' takes on or off, not '{v}'")),
             },
-            "index" | "xino" | "nfs_export" => {
+            "xino" => match text(value)?.as_str() {
+                "on" | "auto" => self.xino = true,
+                "off" => self.xino = false,
+                v => return usage(format!("option 'xino' takes on, auto or off, not '{v}'")),
+            },
+            "index" | "nfs_export" => {
                 let v = text(value)?;
                 if v != "off" {
                     return usage(format!("option '{key}={v}' is not supported (only 'off')"));
@@ -431,10 +467,10 @@ impl MountSpec {
         if self.lowers.is_empty() {
             return usage("no lower layer given (lowerdir=)");
         }
-        if self.lowers.len() > MAX_LOWERS {
+        if self.lowers.len() + self.data_lowers.len() > MAX_LOWERS {
             return usage(format!(
                 "{} lower layers given; at most {MAX_LOWERS} are allowed",
-                self.lowers.len()
+                self.lowers.len() + self.data_lowers.len()
             ));
         }
         if self.upper.is_none() && self.workdir.is_some() {
@@ -503,29 +539,46 @@ pub fn split_options(opts: &OsStr) -> Result<Vec<(String, Option<OsString>)>, Us
     Ok(out)
 }
 
-/// Splits a `lowerdir=` value at colons; `\:` is a literal colon. Empty entries are errors.
-pub fn split_lowerdir(value: &OsStr) -> Result<Vec<PathBuf>, UsageError> {
-    let mut out = Vec::new();
+/// Splits a `lowerdir=` value at `:` (`\:` escapes one) into the lower layers and, after
+/// the first `::`, the data-only layers (separated by `::` each, as on the kernel).
+pub fn split_lowerdir(value: &OsStr) -> Result<(Vec<PathBuf>, Vec<PathBuf>), UsageError> {
+    let mut out: Vec<(Vec<u8>, bool)> = Vec::new();
     let mut cur = Vec::new();
-    let mut bytes = value.as_bytes().iter();
+    let mut data = false;
+    let mut bytes = value.as_bytes().iter().peekable();
     while let Some(&b) = bytes.next() {
         match b {
             b'\\' => match bytes.next() {
                 Some(&n) => cur.push(n),
                 None => cur.push(b'\\'),
             },
-            b':' => out.push(std::mem::take(&mut cur)),
+            b':' => {
+                if cur.is_empty() {
+                    return usage("empty layer name in lowerdir (check for ':::' or a stray ':')");
+                }
+                out.push((std::mem::take(&mut cur), data));
+                if bytes.peek() == Some(&&b':') {
+                    bytes.next();
+                    data = true;
+                } else if data {
+                    return usage(
+                        "a lower layer cannot follow a data-only layer in lowerdir (use '::' between data-only layers)",
+                    );
+                }
+            }
             _ => cur.push(b),
         }
     }
-    out.push(cur);
-    if out.iter().any(Vec::is_empty) {
-        return usage("empty layer name in lowerdir (check for '::' or a stray ':')");
+    out.push((cur, data));
+    if out.iter().any(|(v, _)| v.is_empty()) {
+        return usage("empty layer name in lowerdir (check for ':::' or a stray ':')");
     }
-    Ok(out
-        .into_iter()
-        .map(|v| PathBuf::from(OsString::from_vec(v)))
-        .collect())
+    let path = |v: Vec<u8>| PathBuf::from(OsString::from_vec(v));
+    let (data, lowers): (Vec<_>, Vec<_>) = out.into_iter().partition(|(_, d)| *d);
+    Ok((
+        lowers.into_iter().map(|(v, _)| path(v)).collect(),
+        data.into_iter().map(|(v, _)| path(v)).collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -563,13 +616,24 @@ mod tests {
 
     #[test]
     fn escaped_colons_and_empty_layers() {
+        let p = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
         assert_eq!(
             split_lowerdir(OsStr::new(r"/a\:b:/c")).unwrap(),
-            vec![PathBuf::from("/a:b"), PathBuf::from("/c")]
+            (p(&["/a:b", "/c"]), vec![])
         );
-        assert!(split_lowerdir(OsStr::new("/a::/b")).is_err());
+        assert_eq!(
+            split_lowerdir(OsStr::new("/a:/b::/d1::/d2")).unwrap(),
+            (p(&["/a", "/b"]), p(&["/d1", "/d2"]))
+        );
+        assert!(split_lowerdir(OsStr::new("/a::/d1:/b")).is_err());
+        assert!(split_lowerdir(OsStr::new("/a:::/b")).is_err());
         assert!(split_lowerdir(OsStr::new(":/b")).is_err());
         assert!(split_lowerdir(OsStr::new("")).is_err());
+        let s = spec("lowerdir+=/a,lowerdir+=/b,datadir+=/d").unwrap();
+        assert_eq!((s.lowers, s.data_lowers), (p(&["/a", "/b"]), p(&["/d"])));
+        assert!(spec("lowerdir=/a,lowerdir+=/b").is_err());
+        assert!(spec("datadir+=/d,lowerdir+=/b").is_err());
+        assert!(spec("lowerdir+=/b,lowerdir=/a").is_err());
     }
 
     #[test]
@@ -695,6 +759,9 @@ mod tests {
         let conflict = spec("lowerdir=/a,metacopy=on,redirect_dir=follow").unwrap();
         assert!(conflict.check().is_err());
         assert!(spec("lowerdir=/a,metacopy=maybe").is_err());
+        assert!(spec("lowerdir=/a,xino=auto").unwrap().xino);
+        assert!(!spec("lowerdir=/a,xino=off").unwrap().xino);
+        assert!(spec("lowerdir=/a,xino=maybe").is_err());
         assert!(spec("upperdir=/u").unwrap().check().is_err());
     }
 

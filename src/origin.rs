@@ -173,7 +173,7 @@ impl LayerFs {
         let origin = Origin::decode(&value)?;
         let layer = self
             .layers
-            .lowers()
+            .all_lowers()
             .iter()
             .find(|l| l.uuid == Some(origin.uuid))?;
         let fd = match layer.open_handle(&origin.handle) {

@@ -84,21 +84,13 @@ fn valid(value: &[u8]) -> bool {
 /// The redirect of the directory `dir/name`, if it has one (EINVAL for a value the kernel
 /// would call invalid).
 pub fn read(dir: BorrowedFd<'_>, name: &OsStr, ns: XattrNs) -> io::Result<Option<OsString>> {
-    match XattrTarget::at(dir, name)?.get(xattr_name(ns)) {
-        Ok(v) if valid(&v) => Ok(Some(OsString::from_vec(v))),
-        Ok(v) => {
+    match XattrTarget::at(dir, name)?.get_if_any(xattr_name(ns))? {
+        Some(v) if valid(&v) => Ok(Some(OsString::from_vec(v))),
+        Some(v) => {
             log::warn!("invalid redirect {:?} on {name:?}", OsStr::from_bytes(&v));
             Err(errno(libc::EINVAL))
         }
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) | Some(libc::EPERM)
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
+        None => Ok(None),
     }
 }
 

@@ -98,7 +98,7 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
     }
     let flags = spec.flags(privileged);
     let mut lowers = Vec::new();
-    for l in &spec.lowers {
+    for l in spec.lowers.iter().chain(&spec.data_lowers) {
         let c = existing_dir("lower layer", l)?;
         if lowers.contains(&c) {
             return fail(format!("lower layer {} is given twice", l.display()));
@@ -241,6 +241,7 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
             atime,
             redirect,
             metacopy,
+            xino: spec.xino,
         },
         mountpoint,
         flags,
@@ -278,7 +279,8 @@ fn open_layers(
     lowers: &[PathBuf],
     workdir: Option<&Path>,
 ) -> Result<(Layers, Option<WorkDir>), UsageError> {
-    let layers = Layers::open(upper, lowers, spec.xattr_permissions)
+    let (lowers, data) = lowers.split_at(lowers.len() - spec.data_lowers.len());
+    let layers = Layers::open(upper, lowers, data, spec.xattr_permissions)
         .map_err(|e| UsageError(format!("opening the layers: {}", plain(&e))))?;
     if let (Some(kind), Some(u)) = (spec.xattr_permissions, layers.upper()) {
         mark_override(u.root(), kind).map_err(|e| {

@@ -60,7 +60,7 @@ impl OverrideXattr {
         for kind in ALL {
             match target.get(kind.name()) {
                 Ok(_) => return Ok(Some(kind)),
-                Err(e) if absent(&e) => {}
+                Err(e) if sys::xattr_absent(&e) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -71,13 +71,6 @@ impl OverrideXattr {
 /// Is `name` one of the override xattrs?
 pub fn is_override_xattr(name: &OsStr) -> bool {
     ALL.iter().any(|k| k.name() == name)
-}
-
-fn absent(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) | Some(libc::EPERM)
-    )
 }
 
 /// The object type an override may give a regular file (how an unprivileged engine keeps
@@ -252,7 +245,7 @@ impl LayerFs {
         };
         let value = match target().and_then(|t| t.get(kind.name())) {
             Ok(v) => v,
-            Err(e) if absent(&e) => return Ok(()),
+            Err(e) if sys::xattr_absent(&e) => return Ok(()),
             Err(e) => return Err(e),
         };
         match StatOverride::parse(&value) {
@@ -303,7 +296,7 @@ impl LayerFs {
         let value = StatOverride::of_stat(shown).encode();
         match XattrTarget::at(dir, name)?.set(kind.name(), &value, 0) {
             Ok(()) => Ok(true),
-            Err(e) if absent(&e) => {
+            Err(e) if sys::xattr_absent(&e) => {
                 log::debug!("{name:?} cannot keep {:?}: {e}", kind.name());
                 Ok(false)
             }

@@ -58,6 +58,8 @@ pub struct FsConfig {
     /// `metacopy=on`: metadata changes of lower files copy up only metadata; stubs that
     /// keep their data below are followed (refused, EPERM, when off, as on the kernel).
     pub metacopy: bool,
+    /// `xino=on|auto`: the kernel's xino inode numbers where layers span filesystems.
+    pub xino: bool,
 }
 
 impl Default for FsConfig {
@@ -72,6 +74,7 @@ impl Default for FsConfig {
             passthrough: Passthrough::Off,
             redirect: RedirectDir::Off,
             metacopy: false,
+            xino: false,
         }
     }
 }
@@ -219,8 +222,10 @@ impl LayerFs {
             lower_at: Vec::new(),
             redirect: None,
             metacopy: false,
+            data_missing: false,
         };
-        let numbers = InoNumbers::new(layers.fs_indexes(), layers.upper().is_some());
+        let numbers =
+            InoNumbers::with_xino(layers.fs_indexes(), layers.upper().is_some(), cfg.xino);
         Ok(LayerFs {
             layers,
             inodes: InodeTable::new(root),
@@ -331,6 +336,44 @@ impl LayerFs {
         Ok(self.dirfds.insert(key, fd))
     }
 
+    /// Whether lower metacopy stubs are followed: under metacopy=on, and to data-only
+    /// layers.
+    pub(crate) fn stubs_followed(&self) -> bool {
+        self.cfg.metacopy || !self.layers.data_only().is_empty()
+    }
+
+    /// Whether a stub found in the upper (`upper`) or in a lower may be followed: an upper
+    /// one only under metacopy=on, as on the kernel (data-only layers alone allow only the
+    /// lower ones that point into them).
+    fn stub_allowed(&self, upper: bool) -> bool {
+        self.cfg.metacopy || (!upper && !self.layers.data_only().is_empty())
+    }
+
+    /// The data of a stub redirected to the path `at` (a `LowerAt::Path`), from the first
+    /// data-only layer holding a regular file there.
+    fn data_only_lookup(
+        &self,
+        parent: &Inode,
+        at: &LowerAt,
+    ) -> io::Result<Option<(LayerId, Stat)>> {
+        for layer in self.layers.data_only() {
+            let (dir, leaf) = match self.lookup_base(layer.id, parent, at) {
+                Ok(d) => d,
+                Err(e) if is_enoent(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+                Err(e) => return Err(e),
+            };
+            match sys::fstatat(dir.as_fd(), &leaf) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                    return Ok(Some((layer.id, st)));
+                }
+                Ok(_) => continue,
+                Err(e) if is_enoent(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
     /// Takes redirect `r`, found in layer `lid` (the `i`th of `layers`), for the lookups
     /// below: where they look (`at`), and for an absolute one which layers (every layer
     /// below `lid`, from its root).
@@ -410,6 +453,8 @@ impl LayerFs {
         let mut layers: Vec<LayerId> = pplace.layers().collect();
         // Where the next layer holds the name: changed by the redirects met on the way.
         let mut at = LowerAt::Name(name.to_os_string());
+        // A metacopy stub was found and its data is looked for below.
+        let mut wants_data = false;
         let mut i = 0;
         while i < layers.len() {
             let lid = layers[i];
@@ -439,9 +484,7 @@ impl LayerFs {
                 break;
             }
             let upper = self.layers.is_upper(lid);
-            if let Some((shown, place)) = &mut found
-                && place.metacopy
-            {
+            if wants_data && let Some((shown, place)) = &mut found {
                 // Below a metacopy stub: its data, a regular file (itself a stub in a lower
                 // that was once an upper: followed further down).
                 if st.st_mode & libc::S_IFMT != libc::S_IFREG {
@@ -455,6 +498,7 @@ impl LayerFs {
                 }
                 place.push_lower(lid, at.clone());
                 shown.st_blocks = st.st_blocks;
+                wants_data = false;
                 break;
             }
             let place = match &mut found {
@@ -476,17 +520,22 @@ impl LayerFs {
                 }
             };
             if !is_dir(&st) {
-                if upper
+                // A lower stub is looked for only where stubs can be followed (metacopy=on,
+                // or data-only layers): an image without either has none.
+                if (upper || self.stubs_followed())
                     && st.st_mode & libc::S_IFMT == libc::S_IFREG
                     && metacopy::is_stub(dir.as_fd(), &leaf, self.cfg.xattr_ns)?
                 {
-                    if !self.cfg.metacopy {
+                    if !self.stub_allowed(upper) {
                         log::warn!("refusing to follow the metacopy stub {name:?} (metacopy=off)");
                         return Err(errno(libc::EPERM));
                     }
                     place.metacopy = true;
+                    wants_data = true;
                     if let Some(r) = redirect::read(dir.as_fd(), &leaf, self.cfg.xattr_ns)? {
-                        place.redirect = Some(r.clone());
+                        if upper {
+                            place.redirect = Some(r.clone());
+                        }
                         self.follow_redirect(&mut layers, i, lid, &mut at, &r);
                     }
                     continue;
@@ -512,11 +561,25 @@ impl LayerFs {
                 break;
             }
         }
-        if let Some((_, place)) = &found
-            && place.metacopy
-            && place.lowers.is_empty()
-        {
-            return Err(metacopy_without_data(name));
+        if wants_data && let Some((shown, place)) = &mut found {
+            // Data-only layers serve stubs whose redirect is absolute, by that path.
+            let data = match &at {
+                LowerAt::Path(_) => self.data_only_lookup(parent, &at)?,
+                LowerAt::Name(_) => None,
+            };
+            match data {
+                Some((lid, st)) => {
+                    place.push_lower(lid, at.clone());
+                    shown.st_blocks = st.st_blocks;
+                }
+                // The kernel looks data-only layers up lazily: the stub shows, its open
+                // fails.
+                None if matches!(at, LowerAt::Path(_)) && !self.layers.data_only().is_empty() => {
+                    log::warn!("no data-only layer holds the data of {name:?}");
+                    place.data_missing = true;
+                }
+                None => return Err(metacopy_without_data(name)),
+            }
         }
         Ok(match found {
             Some((st, place)) => Resolved::Found {
@@ -640,8 +703,8 @@ impl LayerFs {
     pub(crate) fn shown(&self, node: &Inode, mut st: Stat) -> Attr {
         st.st_ino = node.ino;
         // A metacopy stub counts the blocks of its data, as on the kernel.
-        if node.in_upper()
-            && !node.data_in_upper()
+        if node.kind() == libc::S_IFREG
+            && node.is_metacopy()
             && let Some(lower) = node.place().data_layer()
             && let Ok((dir, name)) = self.parent_fd(lower, node)
             && let Ok(data) = sys::fstatat(dir.as_fd(), &name)

@@ -130,10 +130,7 @@ fn dir_fd(fd: &std::os::fd::OwnedFd) -> BorrowedFd<'_> {
 }
 
 fn ignorable_xattr_error(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) | Some(libc::EPERM) | Some(libc::EACCES)
-    )
+    sys::xattr_absent(e) || e.raw_os_error() == Some(libc::EACCES)
 }
 
 /// Creates a whiteout for `name` in `dir`.

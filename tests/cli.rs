@@ -111,7 +111,11 @@ fn bad_input_is_refused_cleanly() {
             "workdir",
         ),
         (m(&[os(""), up, mnt]), "empty layer"),
-        (m(&[os("a::b"), up, mnt]), "empty layer"),
+        (m(&[os("a:::b"), up, mnt]), "empty layer"),
+        (
+            m(&[os("a::b:c"), up, mnt]),
+            "cannot follow a data-only layer",
+        ),
         (
             m(&[&lowers, up, mnt, os("-o"), os("upperdri=/x")]),
             "unknown mount option",

@@ -158,10 +158,7 @@ fn kill_during_renames_and_unlinks_leaves_old_or_new() {
         .chain([2u64, 10, 40].into_iter().map(|d| (d, "aufs")));
     for (delay_ms, format) in rounds {
         let opts = format!("whiteout={format}");
-        for d in [&f.upper, &f.work] {
-            fs::remove_dir_all(d).unwrap();
-            fs::create_dir(d).unwrap();
-        }
+        f.clear_upper();
         let m = f.mount_with(&["-o", &opts]);
         let root = m.path.clone();
         kill_during(m, delay_ms, move || {
@@ -197,11 +194,7 @@ fn kill_during_renames_and_unlinks_leaves_old_or_new() {
         let ours = snapshot(&m.path, false);
         drop(m);
         if format == "overlay" {
-            let kernel = f.kernel_mount();
-            let theirs = snapshot(&kernel.path, false);
-            drop(kernel);
-            let d = diff("after kill", &theirs, &ours);
-            assert!(d.is_empty(), "at {delay_ms} ms:\n{}", d.join("\n"));
+            f.assert_kernel_shows("", &ours, &format!("after a kill at {delay_ms} ms"));
         }
         eprintln!("{format} whiteouts, kill at {delay_ms} ms: {done} of {N} renames had happened");
     }
@@ -224,10 +217,7 @@ fn kill_during_directory_renames_with_redirects_leaves_old_or_new() {
     fs::create_dir(f.lower(0).join("q")).unwrap();
     let opts = ["-o", "redirect_dir=on"];
     for delay_ms in [0u64, 2, 5, 12, 25, 50, 100] {
-        for d in [&f.upper, &f.work] {
-            fs::remove_dir_all(d).unwrap();
-            fs::create_dir(d).unwrap();
-        }
+        f.clear_upper();
         let m = f.mount_with(&opts);
         let root = m.path.clone();
         kill_during(m, delay_ms, move || {
@@ -264,11 +254,11 @@ fn kill_during_directory_renames_with_redirects_leaves_old_or_new() {
         }
         let ours = snapshot(&m.path, false);
         drop(m);
-        let kernel = f.kernel_mount_with("redirect_dir=on");
-        let theirs = snapshot(&kernel.path, false);
-        drop(kernel);
-        let d = diff("after kill", &theirs, &ours);
-        assert!(d.is_empty(), "at {delay_ms} ms:\n{}", d.join("\n"));
+        f.assert_kernel_shows(
+            "redirect_dir=on",
+            &ours,
+            &format!("after a kill at {delay_ms} ms"),
+        );
         eprintln!(
             "kill at {delay_ms} ms: {done} of {} directory renames had happened",
             2 * N
@@ -291,10 +281,7 @@ fn kill_during_metacopy_copy_ups_leaves_old_or_new() {
     }
     let opts = ["-o", "metacopy=on"];
     for delay_ms in [0u64, 3, 8, 20, 50, 120] {
-        for d in [&f.upper, &f.work] {
-            fs::remove_dir_all(d).unwrap();
-            fs::create_dir(d).unwrap();
-        }
+        f.clear_upper();
         let m = f.mount_with(&opts);
         let root = m.path.clone();
         kill_during(m, delay_ms, move || {
@@ -338,13 +325,11 @@ fn kill_during_metacopy_copy_ups_leaves_old_or_new() {
         }
         let ours = snapshot(&m.path, false);
         drop(m);
-        fs::remove_dir_all(&f.work).unwrap();
-        fs::create_dir(&f.work).unwrap();
-        let kernel = f.kernel_mount_with("metacopy=on,redirect_dir=on");
-        let theirs = snapshot(&kernel.path, false);
-        drop(kernel);
-        let d = diff("after kill", &theirs, &ours);
-        assert!(d.is_empty(), "at {delay_ms} ms:\n{}", d.join("\n"));
+        f.assert_kernel_shows(
+            "metacopy=on,redirect_dir=on",
+            &ours,
+            &format!("after a kill at {delay_ms} ms"),
+        );
         eprintln!("kill at {delay_ms} ms: {stubs} stubs left of {N} files");
     }
 }

@@ -304,12 +304,45 @@ fn numbers_are_the_kernels_and_survive_copy_up_and_remount() {
     assert_eq!(k.0, o.0, "before the changes");
     assert_eq!(k.1, o.1, "after the changes");
     // Across: layerfs over the kernel's upper, the kernel over layerfs's.
-    fs::remove_dir_all(&kernel.work).unwrap();
-    fs::create_dir(&kernel.work).unwrap();
+    kernel.clear_work();
     let over_kernel = numbers(&kernel.mount().path).0;
     assert_eq!(over_kernel, k.2, "layerfs over the kernel's upper");
-    fs::remove_dir_all(&ours.work).unwrap();
-    fs::create_dir(&ours.work).unwrap();
+    ours.clear_work();
     let over_ours = numbers(&ours.kernel_mount().path).0;
     assert_eq!(over_ours, o.2, "the kernel over layerfs's upper");
+}
+
+/// With the layers on several filesystems and xino=on, numbers are the kernel's xino
+/// numbers: the same as kernel overlayfs's for every lower object, and an upper object's
+/// own real number.
+#[test]
+fn xino_numbers_match_the_kernels_across_filesystems() {
+    require_fuse!();
+    let f = Fixture::new(2);
+    let _t0 = Tmpfs::new(f.lower(0), "8m");
+    let _t1 = Tmpfs::new(f.lower(1), "8m");
+    put(f.lower(0), "a", "a");
+    put(f.lower(0), "d/x", "x");
+    put(f.lower(1), "b", "b");
+    put(f.lower(1), "d/y", "y");
+    let numbers_of = |m: &Path| {
+        put(m, "c", "c");
+        let mut all = numbers(m).0;
+        let c = fs::metadata(f.upper.join("c")).unwrap().ino();
+        assert_eq!(
+            all.remove("c"),
+            Some(c),
+            "an upper object shows its own number"
+        );
+        all
+    };
+    let kernel = {
+        let m = f.kernel_mount_with("xino=on");
+        numbers_of(&m.path)
+    };
+    f.clear_upper();
+    let ours = numbers_of(&f.mount_with(&["-o", "xino=on"]).path);
+    assert_eq!(ours, kernel);
+    assert_eq!(ours["a"] >> 62, 1);
+    assert_eq!(ours["b"] >> 62, 2);
 }

@@ -101,8 +101,7 @@ fn stubs_after_remount_and_with_metacopy_off() {
     let m = f.mount_with(&MC);
     assert_eq!(errno(fs::metadata(m.p("b"))), libc::EIO);
     drop(m);
-    fs::remove_dir_all(&f.work).unwrap();
-    fs::create_dir(&f.work).unwrap();
+    f.clear_work();
     let k = f.kernel_mount_with("metacopy=on,redirect_dir=on");
     assert_eq!(errno(fs::metadata(k.p("b"))), libc::EIO);
 }

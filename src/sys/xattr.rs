@@ -129,6 +129,16 @@ impl<'a> XattrTarget<'a> {
         })
     }
 
+    /// The value of xattr `name`, or `None` where the object has none (or its filesystem
+    /// keeps none, or refuses this namespace: see [`xattr_absent`]).
+    pub fn get_if_any(&self, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+        match self.get(name) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if xattr_absent(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The names of all xattrs, each without its NUL.
     pub fn list(&self) -> io::Result<Vec<OsString>> {
         let buf = read_growing(1024, 1 << 22, |buf| {
@@ -253,6 +263,16 @@ fn read_growing(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether an xattr call failed because the xattr is not there to be had: absent
+/// (ENODATA), not kept by the filesystem (EOPNOTSUPP), or a namespace this process may not
+/// read (EPERM, e.g. `trusted.*` without CAP_SYS_ADMIN).
+pub fn xattr_absent(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) | Some(libc::EPERM)
+    )
 }
 
 #[cfg(test)]

@@ -54,9 +54,19 @@ pub struct Fixture {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub mnt: PathBuf,
+    /// How many of the last lowers are data-only layers (joined with `::`).
+    pub data_only: usize,
 }
 
 impl Fixture {
+    /// `n_lowers` lowers, the last `data_only` of them data-only layers.
+    pub fn with_data_only(n_lowers: usize, data_only: usize) -> Self {
+        Fixture {
+            data_only,
+            ..Fixture::new(n_lowers)
+        }
+    }
+
     pub fn new(n_lowers: usize) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("layerfs-test")
@@ -80,6 +90,7 @@ impl Fixture {
             upper,
             work,
             mnt,
+            data_only: 0,
         }
     }
 
@@ -95,13 +106,50 @@ impl Fixture {
         (f, t)
     }
 
+    /// Empties the upper and the workdir (for a fresh start over the same lowers).
+    pub fn clear_upper(&self) {
+        for d in [&self.upper, &self.work] {
+            fs::remove_dir_all(d).unwrap();
+            fs::create_dir(d).unwrap();
+        }
+    }
+
+    /// Empties the workdir (before another overlay mounts this upper).
+    pub fn clear_work(&self) {
+        fs::remove_dir_all(&self.work).unwrap();
+        fs::create_dir(&self.work).unwrap();
+    }
+
+    /// Asserts that kernel overlayfs with `kernel_opts`, mounted over these layers (after
+    /// layerfs, with the workdir emptied), shows the tree `ours`, a snapshot layerfs showed.
+    pub fn assert_kernel_shows(
+        &self,
+        kernel_opts: &str,
+        ours: &BTreeMap<String, String>,
+        what: &str,
+    ) {
+        self.clear_work();
+        let kernel = self.kernel_mount_with(kernel_opts);
+        let theirs = snapshot(&kernel.path, false);
+        drop(kernel);
+        let d = diff("kernel over layerfs's upper", &theirs, ours);
+        assert!(d.is_empty(), "{what}:\n{}", d.join("\n"));
+    }
+
     pub fn lower(&self, i: usize) -> &Path {
         &self.lowers[i]
     }
 
     pub fn lowerdir(&self) -> OsString {
-        let v: Vec<&OsStr> = self.lowers.iter().map(|p| p.as_os_str()).collect();
-        v.join(OsStr::new(":"))
+        let merged = self.lowers.len() - self.data_only;
+        let mut out = OsString::new();
+        for (i, l) in self.lowers.iter().enumerate() {
+            if i > 0 {
+                out.push(if i >= merged { "::" } else { ":" });
+            }
+            out.push(l);
+        }
+        out
     }
 
     /// `layerfs mount LOWERS UPPER MNT --workdir WORK [extra...]`.
@@ -191,6 +239,11 @@ impl Fixture {
         self.kernel_mount_with("")
     }
 
+    /// Kernel overlayfs over the lowers alone (read-only).
+    pub fn kernel_mount_read_only(&self) -> Mounted<'_> {
+        self.kernel_mount_opts(format!("ro,lowerdir={}", self.lowerdir().to_str().unwrap()))
+    }
+
     /// The same with `extra` mount options (comma-separated, may be empty).
     pub fn kernel_mount_with(&self, extra: &str) -> Mounted<'_> {
         let mut opts = format!(
@@ -203,6 +256,10 @@ impl Fixture {
             opts.push(',');
             opts.push_str(extra);
         }
+        self.kernel_mount_opts(opts)
+    }
+
+    fn kernel_mount_opts(&self, opts: String) -> Mounted<'_> {
         let out = Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o", &opts])
             .arg(&self.mnt)
@@ -625,8 +682,20 @@ pub fn compare_with_kernel_using<R: PartialEq + std::fmt::Debug>(
     layerfs_opts: &[&str],
     run: impl Fn(&Path) -> Vec<R>,
 ) -> Vec<String> {
-    let kernel = Fixture::new(n_lowers);
-    let ours = Fixture::new(n_lowers);
+    let fixture = || Fixture::new(n_lowers);
+    compare_with_kernel_on(fixture, populate, kernel_opts, layerfs_opts, run)
+}
+
+/// [`compare_with_kernel_using`] over fixtures `fixture` makes (two: one for each side).
+pub fn compare_with_kernel_on<R: PartialEq + std::fmt::Debug>(
+    fixture: impl Fn() -> Fixture,
+    populate: impl Fn(&Fixture),
+    kernel_opts: &str,
+    layerfs_opts: &[&str],
+    run: impl Fn(&Path) -> Vec<R>,
+) -> Vec<String> {
+    let kernel = fixture();
+    let ours = fixture();
     populate(&kernel);
     populate(&ours);
     let (kview, kres) = {
@@ -660,8 +729,7 @@ pub fn compare_with_kernel_using<R: PartialEq + std::fmt::Debug>(
     ));
     // The upper layerfs wrote, mounted by the kernel, shows the same tree.
     {
-        fs::remove_dir_all(&ours.work).unwrap();
-        fs::create_dir(&ours.work).unwrap();
+        ours.clear_work();
         let m = ours.kernel_mount_with(kernel_opts);
         problems.extend(diff(
             "kernel over layerfs upper",
