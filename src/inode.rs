@@ -657,20 +657,7 @@ mod tests {
     }
 
     fn place(parent: Ino, name: &str) -> Place {
-        Place {
-            parent,
-            name: name.into(),
-            upper: false,
-            lowers: vec![1],
-            other_names: Vec::new(),
-            unlinked: false,
-            deleted: false,
-            held: None,
-            lower_at: Vec::new(),
-            redirect: None,
-            metacopy: false,
-            data_missing: false,
-        }
+        Place::found(parent, OsStr::new(name), 1, false)
     }
 
     #[test]

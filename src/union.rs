@@ -211,18 +211,8 @@ impl LayerFs {
             }
         }
         let root = Place {
-            parent: ROOT,
-            name: OsString::new(),
-            upper: layers.upper().is_some(),
             lowers,
-            other_names: Vec::new(),
-            unlinked: false,
-            deleted: false,
-            held: None,
-            lower_at: Vec::new(),
-            redirect: None,
-            metacopy: false,
-            data_missing: false,
+            ..Place::found(ROOT, OsStr::new(""), 0, layers.upper().is_some())
         };
         let numbers =
             InoNumbers::with_xino(layers.fs_indexes(), layers.upper().is_some(), cfg.xino);
