@@ -248,6 +248,34 @@ fn script_matches_kernel_overlayfs_with_metacopy() {
     assert!(problems.is_empty(), "differences:\n{}", problems.join("\n"));
 }
 
+/// With the topmost lower on another filesystem than the upper, redirects, metacopy
+/// stubs and origins (naming that filesystem's UUID) come out as the kernel's, and each
+/// upper mounts on the other side.
+#[test]
+fn a_lower_on_another_filesystem_matches_kernel_overlayfs() {
+    require_fuse!();
+    use Op::*;
+    let mut ops = vec![
+        Chmod("etc/hosts", 0o600),
+        Rename("etc/hosts", "hosts2"),
+        Append("hosts2", "+"),
+        Rename("etc", "etc2"),
+        Read("etc2/conf.d/c"),
+        Chmod("etc2/conf.d/c", 0o600),
+        Rename("etc2/conf.d", "conf"),
+    ];
+    ops.extend(script());
+    let fixture = || Fixture::with_lower_on_tmpfs(2, 0);
+    let run = |root: &Path| {
+        ops.iter()
+            .map(|op| (format!("{op:?}"), apply(root, op)))
+            .collect::<Vec<_>>()
+    };
+    let both = "redirect_dir=on,metacopy=on";
+    let problems = compare_with_kernel_on(fixture, populate, both, &["-o", both], run);
+    assert!(problems.is_empty(), "differences:\n{}", problems.join("\n"));
+}
+
 #[test]
 fn script_matches_kernel_overlayfs_with_redirects() {
     require_fuse!();

@@ -49,6 +49,8 @@ macro_rules! require_fuse {
 
 /// A set of layer directories: `lowers[0]` is the topmost lower.
 pub struct Fixture {
+    /// Filesystems mounted on some of the directories (unmounted first on drop).
+    pub filesystems: Vec<Tmpfs>,
     pub dir: TempDir,
     pub lowers: Vec<PathBuf>,
     pub upper: PathBuf,
@@ -59,6 +61,14 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// `n_lowers` lowers, lower `on_tmpfs` on a tmpfs of its own (another filesystem
+    /// than the upper's).
+    pub fn with_lower_on_tmpfs(n_lowers: usize, on_tmpfs: usize) -> Self {
+        let mut f = Fixture::new(n_lowers);
+        f.filesystems.push(Tmpfs::new(f.lower(on_tmpfs), "16m"));
+        f
+    }
+
     /// `n_lowers` lowers, the last `data_only` of them data-only layers.
     pub fn with_data_only(n_lowers: usize, data_only: usize) -> Self {
         Fixture {
@@ -85,6 +95,7 @@ impl Fixture {
             fs::create_dir(d).unwrap();
         }
         Fixture {
+            filesystems: Vec::new(),
             dir,
             lowers,
             upper,
