@@ -87,19 +87,34 @@ impl LayerFs {
         // the copy can be looked up, so the kernel never sees it under another number.
         let mut alias = None;
         self.mark_impure(dst_dir.as_fd());
+        // A lower hard link under index=on is built as its index entry, then linked up.
+        let entry = if self.indexes(&st) {
+            self.origin_of(lower, src.dir, src.name)
+                .map(|o| crate::index::entry_name(&o))
+        } else {
+            None
+        };
         let built = self
             .build_copy(&src, &shown, work.fd(), &tmp, data, stub)
             .and_then(|()| {
                 let new = sys::fstatat(work.fd(), &tmp)?;
                 self.numbers.keep(new.st_ino, node.ino);
                 alias = Some(new.st_ino);
-                sys::renameat2(
-                    work.fd(),
-                    &tmp,
-                    dst_dir.as_fd(),
-                    &place.name,
-                    libc::RENAME_NOREPLACE,
-                )
+                match &entry {
+                    Some(entry) => self.install_indexed(
+                        (work.fd(), &tmp),
+                        entry,
+                        (dst_dir.as_fd(), &place.name),
+                        (st.st_nlink, node.ino),
+                    ),
+                    None => sys::renameat2(
+                        work.fd(),
+                        &tmp,
+                        dst_dir.as_fd(),
+                        &place.name,
+                        libc::RENAME_NOREPLACE,
+                    ),
+                }
             });
         if let Err(e) = built {
             if let Some(a) = alias {
@@ -117,7 +132,15 @@ impl LayerFs {
             node.set_upper();
         }
         restore_times(dst_dir.as_fd(), OsStr::new(""), &parent_st)?;
-        if !node.is_dir() && st.st_nlink > 1 {
+        if node.is_dir() {
+            // Merged now: it shows one link, as on the kernel, not the lower's count the
+            // kernel may have cached.
+            self.attributes_changed(node.ino);
+        }
+        if let Some(entry) = entry {
+            // Its other names find the entry by their origin as they are looked up.
+            node.set_index(entry);
+        } else if !node.is_dir() && st.st_nlink > 1 {
             // All names of a lower hard link are one inode: the other names follow the copy.
             node.pin();
             for (p, n) in node.place().other_names {
@@ -166,8 +189,32 @@ impl LayerFs {
             }
         }
         metacopy::unmark(dir.as_fd(), &name, self.cfg.xattr_ns)?;
-        node.set_upper();
+        node.set_data_up();
         Ok(())
+    }
+
+    /// Puts the copy `work/tmp` of a lower hard link (with `nlink` links, shown as
+    /// `ino`) in the index as `entry`, then links it up as `dir/name`. The union count is
+    /// recorded before the entry appears. An entry already there (made by an earlier
+    /// mount, say) is the file: the copy is dropped for it.
+    fn install_indexed(
+        &self,
+        (work, tmp): (BorrowedFd<'_>, &OsStr),
+        entry: &OsStr,
+        (dir, name): (BorrowedFd<'_>, &OsStr),
+        (nlink, ino): (u64, Ino),
+    ) -> io::Result<()> {
+        let index = self.index().ok_or_else(|| errno(libc::EINVAL))?;
+        self.set_union_nlink(work, tmp, nlink, 1, None)?;
+        match sys::renameat2(work, tmp, index.fd(), entry, libc::RENAME_NOREPLACE) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                sys::unlinkat(work, tmp, false)?;
+                self.numbers
+                    .keep(sys::fstatat(index.fd(), entry)?.st_ino, ino);
+            }
+            r => r?,
+        }
+        self.link_up((index.fd(), entry), (dir, name), nlink)
     }
 
     /// Replaces the lower name `parent/name` of the copied-up hard link `node` by an upper
@@ -282,7 +329,7 @@ impl LayerFs {
         )?;
         // As the kernel: a directory or a file with one link records where it came from
         // (a copy of one name of a lower hard link does not stand for the lower inode).
-        if (fmt == libc::S_IFDIR || src.real.st_nlink == 1)
+        if (fmt == libc::S_IFDIR || src.real.st_nlink == 1 || self.indexes(&src.real))
             && let Some(origin) = self.origin_of(src.layer, src.dir, src.name)
         {
             self.set_origin(work, tmp, &origin)?;

@@ -186,7 +186,10 @@ impl LayerFs {
                 let stub = maybe_stub
                     && st.st_mode & libc::S_IFMT == libc::S_IFREG
                     && metacopy::is_stub(dir.as_fd(), &e.name, self.cfg.xattr_ns)?;
-                let simple = !stub && (self.layers.is_upper(e.layer) || st.st_nlink == 1);
+                // So may an upper name of an indexed file (its index entry is looked for).
+                let indexed = self.index().is_some() && st.st_nlink > 1;
+                let simple =
+                    !stub && ((self.layers.is_upper(e.layer) && !indexed) || st.st_nlink == 1);
                 if simple && self.ino_for(e.layer, st.st_ino) == e.ino {
                     let place =
                         Place::found(parent.ino, &e.name, e.layer, self.layers.is_upper(e.layer));

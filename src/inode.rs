@@ -63,6 +63,9 @@ pub struct Place {
     /// A stub redirected into the data-only layers, none of which holds its object: it
     /// shows, but its data cannot be had (ENOENT at open, as the kernel's lazy lookup).
     pub data_missing: bool,
+    /// Under index=on, a copied-up lower hard link: its index entry's name. The object is
+    /// the upper inode there, whether or not this name is one of its upper names yet.
+    pub index: Option<OsString>,
 }
 
 /// Where a lower layer holds an object.
@@ -91,7 +94,14 @@ impl Place {
             redirect: None,
             metacopy: false,
             data_missing: false,
+            index: None,
         }
+    }
+
+    /// Whether the object the mount shows is in the upper layer (under this name, or as
+    /// an index entry).
+    pub fn in_upper(&self) -> bool {
+        self.upper || self.index.is_some()
     }
 
     /// The layer holding the object's data: the last lower of a metacopy stub, else the
@@ -132,7 +142,7 @@ impl Place {
 
     /// The layer whose object the mount shows.
     pub fn top(&self) -> Option<LayerId> {
-        if self.upper {
+        if self.in_upper() {
             Some(0)
         } else {
             self.lowers.first().copied()
@@ -405,6 +415,27 @@ impl Inode {
         self.copied_up.store(true, Ordering::Release);
     }
 
+    /// Records that the object's data is now in the upper object (a metacopy stub
+    /// filled), which keeps its names.
+    pub fn set_data_up(&self) {
+        let indexed = self.place.read().index.is_some();
+        if !indexed {
+            return self.set_upper();
+        }
+        self.place.write().metacopy = false;
+        self.copied_up.store(true, Ordering::Release);
+    }
+
+    /// Records that the object in the upper layer is the index entry `entry`.
+    pub fn set_index(&self, entry: OsString) {
+        self.place.write().index = Some(entry);
+    }
+
+    /// The index entry of an indexed object.
+    pub fn index_entry(&self) -> Option<OsString> {
+        self.place.read().index.clone()
+    }
+
     /// Moves the name `old_parent/old_name` of the inode to `parent/name` (rename).
     pub fn rename(&self, old_parent: Ino, old_name: &OsStr, parent: Ino, name: &OsStr) {
         let mut p = self.place.write();
@@ -471,11 +502,11 @@ impl Inode {
     }
 
     fn refresh(&self, mut place: Place) {
-        let upper = place.upper;
+        let upper = place.in_upper();
         let mut cur = self.place.write();
         // A copied-up inode never goes back to a lower place: another name of the same
         // lower hard link must reach the copy, not the lower object.
-        if cur.upper && !upper {
+        if cur.in_upper() && !upper {
             return;
         }
         let mut others = std::mem::take(&mut cur.other_names);
@@ -546,7 +577,7 @@ impl InodeTable {
                 generation: AtomicU64::new(0),
                 lookups: AtomicU64::new(0),
                 place: RwLock::new(place.clone()),
-                copied_up: AtomicBool::new(place.upper),
+                copied_up: AtomicBool::new(place.in_upper()),
                 copy_lock: Mutex::new(()),
                 pinned: AtomicBool::new(false),
                 names: RwLock::new(()),
@@ -573,7 +604,7 @@ impl InodeTable {
         if let Ok(i) = self.get(ino) {
             return i;
         }
-        let upper = place.upper;
+        let upper = place.in_upper();
         Arc::new(Inode {
             ino,
             serial: next_serial(),

@@ -15,6 +15,7 @@ pub mod fileops;
 pub mod fuse;
 pub mod handles;
 pub mod idmap;
+pub mod index;
 pub mod inode;
 pub mod layers;
 pub mod metacopy;

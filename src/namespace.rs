@@ -291,10 +291,12 @@ impl LayerFs {
             }
             Ok(())
         };
-        // With redirect_dir=on the kernel makes a new directory in a merged one opaque
-        // (nothing below can merge into it), as it does one that replaces a whiteout.
+        // With redirect_dir=on or index=on the kernel makes a new directory in a merged
+        // one opaque (nothing below can merge into it), as it does one that replaces a
+        // whiteout.
         let opaque = fmt == libc::S_IFDIR
-            && (slot.opaque || (self.cfg.redirect.writes() && is_merged(&parent)));
+            && (slot.opaque
+                || ((self.cfg.redirect.writes() || self.index().is_some()) && is_merged(&parent)));
         let in_place = slot.over.is_none() && acls.is_empty() && !keeps_overrides;
         if in_place && let Some(_ids) = self.born_as(&pst, own.uid, own.gid) {
             // As the kernel does where no whiteout is in the way: made in place with its
@@ -428,6 +430,9 @@ impl LayerFs {
         let parent = self.node(parent)?;
         let _names = parent.names_changing();
         let (mut st, mut place) = self.existing(&parent, name)?;
+        if let Some(linked) = self.index_before_unlink(&parent, name, &st, &place)? {
+            (st, place) = linked;
+        }
         let ino = self.ino_of(&st, &place)?;
         let node = self.node(ino).ok();
         // A copy-up of a lower object does not take its directory's names: wait for one
@@ -447,19 +452,31 @@ impl LayerFs {
         let mut held = node.as_ref().and_then(|_| self.hold(&parent, name, &place));
         if place.upper {
             let dir = self.dir_fd(upper.id, &parent)?;
+            let _counting = self.counting_for(&place);
             if self.name_below(&parent, name, &place)? {
                 self.whiteout_over(dir.as_fd(), name, want_dir)?;
             } else {
                 self.remove_upper(dir.as_fd(), name, want_dir)?;
             }
+            if let Some(entry) = &place.index {
+                self.index_name_gone(entry, true);
+            }
             self.forget_alias_if_gone(&st, &place);
         } else {
             self.copy_up(&parent, CopyData::Full)?;
             let dir = self.dir_fd(upper.id, &parent)?;
+            let _counting = self.counting_for(&place);
+            if place.index.is_some() {
+                // As the kernel, which links the name up before removing it.
+                self.mark_impure(dir.as_fd());
+            }
             self.new_whiteout(dir.as_fd(), name, self.cfg.whiteout)?;
+            if let Some(entry) = &place.index {
+                self.index_name_gone(entry, false);
+            }
         }
         if let Some(node) = &node {
-            drop_name(node, parent.ino, name, (&st, &place), &mut held);
+            drop_name(self, node, (parent.ino, name), (&st, &place), &mut held);
         }
         Ok(())
     }
@@ -482,9 +499,19 @@ impl LayerFs {
     /// Drops the kept inode number of an upper object whose last name was just removed,
     /// so a new object that reuses its real inode number gets a number of its own.
     pub(crate) fn forget_alias_if_gone(&self, st: &Stat, place: &Place) {
-        if place.upper && (is_dir(st) || st.st_nlink <= 1) {
+        if place.in_upper() && self.last_link_gone(st, place) {
             self.numbers.release(st.st_ino);
         }
+    }
+
+    /// Whether the object `st` at `place`, which has just lost a name, has no link left:
+    /// a directory, a file whose last link that was, or an indexed file whose union count
+    /// came to nothing (its index entry went).
+    pub(crate) fn last_link_gone(&self, st: &Stat, place: &Place) -> bool {
+        if let (Some(entry), Some(index)) = (&place.index, self.index()) {
+            return sys::fstatat(index.fd(), entry).is_err();
+        }
+        is_dir(st) || st.st_nlink <= 1
     }
 
     /// The inode number the mount shows for a resolved object.
@@ -515,13 +542,13 @@ impl LayerFs {
 /// forget (an open file keeps its data through its handle anyway). An fd not given stays
 /// in `held`, so the caller closes it only after the node is marked.
 pub(crate) fn drop_name(
+    fs: &LayerFs,
     node: &Inode,
-    parent: Ino,
-    name: &OsStr,
+    (parent, name): (Ino, &OsStr),
     (st, place): (&Stat, &Place),
     held: &mut Option<(LayerId, OwnedFd)>,
 ) {
-    let last_link = is_dir(st) || st.st_nlink <= 1;
+    let last_link = fs.last_link_gone(st, place);
     let keep = !(place.upper && !is_dir(st) && last_link);
     node.drop_name(
         parent,

@@ -92,6 +92,9 @@ pub struct MountSpec {
     pub layers_added: bool,
     /// `xino=on|auto`: layers on several filesystems get the kernel's xino numbers.
     pub xino: bool,
+    /// `index=on`: lower hard links stay one inode across copy-up and remount (the
+    /// kernel's inodes index in the workdir).
+    pub index: bool,
 }
 
 /// Which opens pass file data straight between the kernel and a layer's file (FUSE
@@ -234,6 +237,7 @@ impl MountSpec {
             data_lowers: Vec::new(),
             layers_added: false,
             xino: false,
+            index: false,
         }
     }
 
@@ -397,7 +401,12 @@ impl MountSpec {
                 "off" => self.xino = false,
                 v => return usage(format!("option 'xino' takes on, auto or off, not '{v}'")),
             },
-            "index" | "nfs_export" => {
+            "index" => match text(value)?.as_str() {
+                "on" => self.index = true,
+                "off" => self.index = false,
+                v => return usage(format!("option 'index' takes on or off, not '{v}'")),
+            },
+            "nfs_export" => {
                 let v = text(value)?;
                 if v != "off" {
                     return usage(format!("option '{key}={v}' is not supported (only 'off')"));
@@ -746,7 +755,10 @@ mod tests {
             Passthrough::Writes
         );
         assert!(spec("lowerdir=/a,redirect_dir=maybe").is_err());
-        assert!(spec("lowerdir=/a,index=on").is_err());
+        assert!(spec("lowerdir=/a,index=on").unwrap().index);
+        assert!(!spec("lowerdir=/a,index=off").unwrap().index);
+        assert!(spec("lowerdir=/a,index=maybe").is_err());
+        assert!(spec("lowerdir=/a,nfs_export=on").is_err());
         assert_eq!(
             spec("lowerdir=/a,redirect_dir=on").unwrap().redirect(),
             RedirectDir::On

@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::inode::Ino;
-use crate::layers::LayerId;
+use crate::layers::{Layer, LayerId, Layers};
 use crate::sys::{self, FileHandle, XattrTarget};
 use crate::union::LayerFs;
 use crate::whiteout::XattrNs;
@@ -25,10 +25,12 @@ const HEADER: usize = 5;
 const FLAG_BIG_ENDIAN: u8 = 1 << 0;
 /// The handle decodes on machines of either byte order.
 const FLAG_ANY_ENDIAN: u8 = 1 << 1;
+/// The handle names an upper object (the index directory's `upper` xattr).
+const FLAG_PATH_UPPER: u8 = 1 << 2;
 /// The kernel's `OVL_FH_FLAG_ALL`.
 const FLAG_ALL: u8 = 0x7;
 
-fn xattr_name(ns: XattrNs, what: &str) -> std::ffi::OsString {
+pub(crate) fn xattr_name(ns: XattrNs, what: &str) -> std::ffi::OsString {
     let prefix = match ns {
         XattrNs::Trusted => "trusted.overlay.",
         XattrNs::User => "user.overlay.",
@@ -41,16 +43,21 @@ fn xattr_name(ns: XattrNs, what: &str) -> std::ffi::OsString {
 pub struct Origin {
     pub uuid: [u8; 16],
     pub handle: FileHandle,
+    /// The handle is of an upper object (flagged so, as the kernel flags them).
+    pub upper: bool,
 }
 
 impl Origin {
     pub fn encode(&self) -> Vec<u8> {
         let len = HEADER + 16 + self.handle.bytes.len();
-        let flags = if cfg!(target_endian = "big") {
+        let mut flags = if cfg!(target_endian = "big") {
             FLAG_BIG_ENDIAN
         } else {
             0
         };
+        if self.upper {
+            flags |= FLAG_PATH_UPPER;
+        }
         let mut v = Vec::with_capacity(len);
         v.extend_from_slice(&[VERSION, MAGIC, len as u8, flags, self.handle.kind as u8]);
         v.extend_from_slice(&self.uuid);
@@ -86,6 +93,7 @@ impl Origin {
                 kind: i32::from(kind),
                 bytes: v[HEADER + 16..].to_vec(),
             },
+            upper: flags & FLAG_PATH_UPPER != 0,
         })
     }
 }
@@ -96,26 +104,63 @@ pub struct Found {
     pub st: sys::Stat,
 }
 
+/// The origin value naming the object `dir/name` of `layer` (flagged as an upper one
+/// when `upper`), where its filesystem makes file handles and says its UUID (else there
+/// is none, as on the kernel).
+pub(crate) fn encode_for(
+    layer: &Layer,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    upper: bool,
+) -> Option<Vec<u8>> {
+    let uuid = layer.uuid?;
+    match sys::name_to_handle_at(dir, name) {
+        Ok(handle) if handle.kind >= 0 && handle.kind <= 0xff => Some(
+            Origin {
+                uuid,
+                handle,
+                upper,
+            }
+            .encode(),
+        ),
+        Ok(_) => None,
+        Err(e) => {
+            log::debug!("no file handle for {name:?}: {e}");
+            None
+        }
+    }
+}
+
+/// The lower object the origin `value` leads to, if it decodes on one of `layers`.
+pub(crate) fn find(layers: &Layers, value: &[u8]) -> Option<Found> {
+    let origin = Origin::decode(value)?;
+    let layer = layers
+        .all_lowers()
+        .iter()
+        .find(|l| l.uuid == Some(origin.uuid))?;
+    let fd = match layer.open_handle(&origin.handle) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::debug!("an origin does not decode: {e}");
+            return None;
+        }
+    };
+    let st = sys::fstat(fd.as_fd()).ok()?;
+    Some(Found {
+        layer: layer.id,
+        st,
+    })
+}
+
 impl LayerFs {
-    /// The origin value for the lower object `dir/name` of `layer`, where its filesystem
-    /// makes file handles and says its UUID (else there is none, as on the kernel).
+    /// The origin value for the lower object `dir/name` of `layer` (see [`encode_for`]).
     pub(crate) fn origin_of(
         &self,
         layer: LayerId,
         dir: BorrowedFd<'_>,
         name: &OsStr,
     ) -> Option<Vec<u8>> {
-        let uuid = self.layers.get(layer).uuid?;
-        match sys::name_to_handle_at(dir, name) {
-            Ok(handle) if handle.kind >= 0 && handle.kind <= 0xff => {
-                Some(Origin { uuid, handle }.encode())
-            }
-            Ok(_) => None,
-            Err(e) => {
-                log::debug!("no origin for {name:?}: {e}");
-                None
-            }
-        }
+        encode_for(self.layers.get(layer), dir, name, false)
     }
 
     /// Records `origin` on the object `dir/name` being built in the work directory.
@@ -163,37 +208,18 @@ impl LayerFs {
             .is_ok_and(|v| v == b"y")
     }
 
-    /// The lower object the upper object `dir/name` was copied from, where it records an
-    /// origin that still leads to an object of a lower layer.
-    pub(crate) fn origin_found(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<Found> {
-        let value = XattrTarget::at(dir, name)
+    /// The origin value the upper object `dir/name` records, if any.
+    pub(crate) fn origin_value(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<Vec<u8>> {
+        XattrTarget::at(dir, name)
             .ok()?
             .get(&xattr_name(self.cfg.xattr_ns, "origin"))
-            .ok()?;
-        let origin = Origin::decode(&value)?;
-        let layer = self
-            .layers
-            .all_lowers()
-            .iter()
-            .find(|l| l.uuid == Some(origin.uuid))?;
-        let fd = match layer.open_handle(&origin.handle) {
-            Ok(fd) => fd,
-            Err(e) => {
-                log::debug!("origin of {name:?} does not decode: {e}");
-                return None;
-            }
-        };
-        let st = sys::fstat(fd.as_fd()).ok()?;
-        Some(Found {
-            layer: layer.id,
-            st,
-        })
+            .ok()
     }
 
     /// The number an upper object `dir/name` with real inode number `st_ino` and type
     /// `kind` (`S_IFMT` bits) shows: the one it was given in this mount, else (all layers
-    /// on one filesystem) its origin's when that is a directory or a file with one link,
-    /// as the kernel shows them, else its own.
+    /// on one filesystem) its origin's when that is a directory, a file with one link or
+    /// an indexed file, as the kernel shows them, else its own.
     pub(crate) fn upper_number(
         &self,
         dir: BorrowedFd<'_>,
@@ -205,9 +231,12 @@ impl LayerFs {
             return n;
         }
         if self.layers.same_fs()
-            && let Some(found) = self.origin_found(dir, name)
+            && let Some(value) = self.origin_value(dir, name)
+            && let Some(found) = find(&self.layers, &value)
             && found.st.st_mode & libc::S_IFMT == kind
-            && (kind == libc::S_IFDIR || found.st.st_nlink == 1)
+            && (kind == libc::S_IFDIR
+                || found.st.st_nlink == 1
+                || self.indexed_as(&value, st_ino).is_some())
         {
             let n = self.ino_for(found.layer, found.st.st_ino);
             self.numbers.keep(st_ino, n);

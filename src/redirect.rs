@@ -136,13 +136,13 @@ impl LayerFs {
     pub(crate) fn redirect_before_move(
         &self,
         node: &Inode,
-        dir: BorrowedFd<'_>,
+        (parent, dir): (Ino, BorrowedFd<'_>),
         name: &OsStr,
         same_parent: bool,
     ) -> io::Result<Redirected> {
         let place = node.place();
         let redirect = match (
-            self.redirect_for_move(node, same_parent)?,
+            self.redirect_for_move(node, Some((parent, name)), same_parent)?,
             place.redirect.clone(),
         ) {
             (Some(v), _) | (None, Some(v)) => v,
@@ -172,7 +172,7 @@ impl LayerFs {
         dir: BorrowedFd<'_>,
         name: &OsStr,
     ) -> io::Result<()> {
-        let Some(value) = self.redirect_for_move(node, false)? else {
+        let Some(value) = self.redirect_for_move(node, None, false)? else {
             return Ok(());
         };
         write(dir, name, &value, self.cfg.xattr_ns)?;
@@ -205,10 +205,12 @@ impl LayerFs {
     /// The redirect a directory moving from its place (`node`) needs, as the kernel
     /// computes it before the rename, or `None` if the one it has still holds. Within its
     /// parent: its name (a relative redirect). Elsewhere: its absolute path, each ancestor
-    /// counted by its own redirect where it has one, up to an absolute one.
+    /// counted by its own redirect where it has one, up to an absolute one. `from` is the
+    /// name it moves from (for a hard link, one of several), else its place's.
     pub(crate) fn redirect_for_move(
         &self,
         node: &Inode,
+        from: Option<(Ino, &OsStr)>,
         same_parent: bool,
     ) -> io::Result<Option<OsString>> {
         let place = node.place();
@@ -217,12 +219,16 @@ impl LayerFs {
         {
             return Ok(None);
         }
+        let (parent, name) = match from {
+            Some((p, n)) => (p, n.to_os_string()),
+            None => (place.parent, place.name.clone()),
+        };
         if same_parent {
-            return Ok(Some(place.name));
+            return Ok(Some(name));
         }
         let mut parts: Vec<OsString> = Vec::new();
         let mut len = 0;
-        let (mut ino, mut part) = (place.parent, place.redirect.unwrap_or(place.name));
+        let (mut ino, mut part) = (parent, place.redirect.unwrap_or(name));
         loop {
             let absolute = is_absolute(&part);
             len += part.len() + usize::from(!absolute);

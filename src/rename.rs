@@ -155,8 +155,9 @@ impl LayerFs {
         ends: &Ends<'_>,
         (st, place): Found,
     ) -> io::Result<(Arc<Inode>, Arc<OwnedFd>, Arc<OwnedFd>)> {
-        let snode = self.node_for(&st, place)?;
+        let snode = self.node_for(&st, place.clone())?;
         self.copy_up(&snode, CopyData::Metacopy)?;
+        self.link_up_name(ends.parent, ends.name, &st, &place)?;
         self.copy_up(ends.newparent, CopyData::Full)?;
         let sdir = self.dir_fd(0, ends.parent)?;
         Ok((snode, sdir, self.dir_fd(0, ends.newparent)?))
@@ -168,10 +169,11 @@ impl LayerFs {
         let (parent, name, newparent, newname) = ends.parts();
         let same_parent = parent.ino == newparent.ino;
         let (snode, sdir, ddir) = self.source_copied_up(ends, src)?;
-        let dnode = self.node_for(&dst_st, dplace)?;
+        let dnode = self.node_for(&dst_st, dplace.clone())?;
         self.copy_up(&dnode, CopyData::Metacopy)?;
-        let sred = self.before_move(&snode, &sdir, name, same_parent)?;
-        let dred = self.before_move(&dnode, &ddir, newname, same_parent)?;
+        self.link_up_name(newparent, newname, &dst_st, &dplace)?;
+        let sred = self.before_move(&snode, (parent.ino, &sdir), name, same_parent)?;
+        let dred = self.before_move(&dnode, (newparent.ino, &ddir), newname, same_parent)?;
         if !same_parent {
             self.impure_for(sdir.as_fd(), name, ddir.as_fd());
             self.impure_for(ddir.as_fd(), newname, sdir.as_fd());
@@ -209,6 +211,11 @@ impl LayerFs {
         let (parent, name, newparent, newname) = ends.parts();
         let src_dir = is_dir(&src.0);
         let (snode, sdir, ddir) = self.source_copied_up(ends, src)?;
+        if let Some((dst_st, dplace)) = &dst
+            && let Some(linked) = self.index_before_unlink(newparent, newname, dst_st, dplace)?
+        {
+            dst = Some(linked);
+        }
         let victim = match &dst {
             Some((dst_st, dplace)) => self.node(self.ino_of(dst_st, dplace)?).ok(),
             None => None,
@@ -225,7 +232,7 @@ impl LayerFs {
             dst = self.found(newparent, newname)?;
         }
         let same_parent = parent.ino == newparent.ino;
-        let redirected = self.before_move(&snode, &sdir, name, same_parent)?;
+        let redirected = self.before_move(&snode, (parent.ino, &sdir), name, same_parent)?;
         if !same_parent {
             self.impure_for(sdir.as_fd(), name, ddir.as_fd());
         }
@@ -243,6 +250,15 @@ impl LayerFs {
             Some(_) => None,
         };
         let overlay_whiteout = src_below && self.cfg.whiteout == WhiteoutFormat::Overlay;
+        // The replaced name of an indexed file: its union count goes down with it.
+        let replaced = dst
+            .as_ref()
+            .and_then(|(_, p)| Some((p.index.clone()?, p.upper)));
+        let _counting = dst.as_ref().and_then(|(_, p)| self.counting_for(p));
+        if replaced.as_ref().is_some_and(|(_, upper_name)| !upper_name) {
+            // As the kernel, which links the replaced name up first.
+            self.mark_impure(ddir.as_fd());
+        }
         if src_dir && over == Some(WhiteoutFormat::Overlay) {
             // A directory cannot replace the whiteout: exchange, and the whiteout lands
             // at the old name.
@@ -270,13 +286,16 @@ impl LayerFs {
         if over == Some(WhiteoutFormat::Aufs) {
             sys::unlinkat(ddir.as_fd(), &whiteout::aufs_name(newname), false)?;
         }
+        if let Some((entry, upper_name)) = &replaced {
+            self.index_name_gone(entry, *upper_name);
+        }
         if let Some((dst_st, dplace)) = &dst {
             self.forget_alias_if_gone(dst_st, dplace);
             if let Some(dnode) = &victim {
                 drop_name(
+                    self,
                     dnode,
-                    newparent.ino,
-                    newname,
+                    (newparent.ino, newname),
                     (dst_st, dplace),
                     &mut victim_held,
                 );
@@ -296,7 +315,7 @@ impl LayerFs {
     fn before_move(
         &self,
         node: &Inode,
-        dir: &OwnedFd,
+        (parent, dir): (Ino, &OwnedFd),
         name: &OsStr,
         same_parent: bool,
     ) -> io::Result<Option<Redirected>> {
@@ -304,7 +323,15 @@ impl LayerFs {
         if !(node.is_dir() || place.metacopy) || place.lowers.is_empty() {
             return Ok(None);
         }
-        self.redirect_before_move(node, dir.as_fd(), name, same_parent)
+        // A stub of a lower hard link gets an absolute redirect wherever it moves, as on
+        // the kernel: the redirect is the inode's, and its other names may be anywhere.
+        let linked = !node.is_dir()
+            && place.data_layer().is_some_and(|l| {
+                self.parent_fd(l, node)
+                    .and_then(|(d, n)| sys::fstatat(d.as_fd(), &n))
+                    .is_ok_and(|st| st.st_nlink > 1)
+            });
+        self.redirect_before_move(node, (parent, dir.as_fd()), name, same_parent && !linked)
             .map(Some)
     }
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::atime;
 use crate::creds;
+use crate::index::Index;
 use crate::layers::Layers;
 use crate::options::{Atime, MountFlags, MountSpec, Passthrough, UsageError};
 use crate::redirect::RedirectDir;
@@ -224,6 +225,29 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
         }
         (XattrNs::User, _) => (RedirectDir::NoFollow, false),
     };
+    let mut work = work;
+    if spec.index {
+        let refuse = |msg: String| {
+            if let Some(w) = &create_workdir {
+                let _ = std::fs::remove_dir_all(w);
+            }
+            fail(msg)
+        };
+        match (&mut work, xattr_ns) {
+            (None, _) => log::info!("index=on is of no use without an upper layer: ignored"),
+            (Some(_), XattrNs::User) => {
+                return refuse(
+                    "index=on needs trusted.* xattrs in the upper, which this process may not set"
+                        .into(),
+                );
+            }
+            (Some(w), XattrNs::Trusted) => match Index::prepare(&layers, w.base(), xattr_ns) {
+                Ok(Some(index)) => w.set_index(index),
+                Ok(None) => {}
+                Err(msg) => return refuse(msg),
+            },
+        }
+    }
     let atime = match layers.upper() {
         Some(u) => atime::effective(flags.atime, sys::mount_flags(u.root()).unwrap_or(0)),
         None => Atime::Never,

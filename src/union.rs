@@ -292,6 +292,12 @@ impl LayerFs {
         if node.ino == ROOT {
             return Ok((self.dir_fd(layer, node)?, OsString::new()));
         }
+        // An indexed file is its index entry in the upper, whichever its names are.
+        if self.layers.is_upper(layer)
+            && let (Some(entry), Some(index)) = (node.index_entry(), self.index())
+        {
+            return Ok((index.shared_fd(), entry));
+        }
         let (parent, at) = node.located(layer).ok_or_else(|| errno(libc::ENOENT))?;
         self.lookup_base(layer, &*self.node(parent)?, &at)
     }
@@ -571,6 +577,9 @@ impl LayerFs {
                 None => return Err(metacopy_without_data(name)),
             }
         }
+        if let Some((st, place)) = &mut found {
+            self.find_index(parent, name, st, place)?;
+        }
         Ok(match found {
             Some((st, place)) => Resolved::Found {
                 st: Box::new(st),
@@ -599,20 +608,25 @@ impl LayerFs {
         }
         let mut resolved = self.resolve(parent, name)?;
         if let Resolved::Found { st, place } = &resolved
-            && !place.upper
+            && !place.in_upper()
             && st.st_nlink > 1
             && !is_dir(st)
             && let Ok(node) = self.node(self.ino_for(place.lowers[0], st.st_ino))
             && node.in_upper()
         {
-            // Another name of a copied-up lower hard link: link it to the copy first.
+            // Another name of a copied-up lower hard link (index=off): link it to the copy
+            // first.
             self.link_lower_name(&node, parent.ino, name)?;
             resolved = self.resolve(parent, name)?;
         }
         match resolved {
             Resolved::Found { st, place } => {
                 let top = place.top().ok_or_else(|| errno(libc::ENOENT))?;
-                let ino = if self.layers.is_upper(top) {
+                let ino = if let (Some(entry), false, Some(index)) =
+                    (&place.index, place.upper, self.index())
+                {
+                    self.upper_number(index.fd(), entry, st.st_ino, st.st_mode & libc::S_IFMT)
+                } else if self.layers.is_upper(top) {
                     let dir = self.dir_fd(top, parent)?;
                     self.upper_number(dir.as_fd(), name, st.st_ino, st.st_mode & libc::S_IFMT)
                 } else {
@@ -691,6 +705,12 @@ impl LayerFs {
     /// The stat the mount shows: the union's inode number, mapped owners, and nlink 1 for
     /// a merged directory, as kernel overlayfs reports.
     pub(crate) fn shown(&self, node: &Inode, mut st: Stat) -> Attr {
+        // An indexed file counts the union's links, as on the kernel.
+        if let Some(entry) = node.index_entry()
+            && let Some(n) = self.union_nlink(&entry, &st)
+        {
+            st.st_nlink = n as _;
+        }
         st.st_ino = node.ino;
         // A metacopy stub counts the blocks of its data, as on the kernel.
         if node.kind() == libc::S_IFREG

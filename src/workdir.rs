@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::acl;
+use crate::index::Index;
 use crate::sys;
 
 /// Name of the temporary area inside the work directory.
@@ -19,7 +20,11 @@ pub const WHITEOUT_BASE_PREFIX: &str = "#lfs-whiteout.";
 
 #[derive(Debug)]
 pub struct WorkDir {
+    /// The workdir itself (what `index/` is made in).
+    base: OwnedFd,
     fd: OwnedFd,
+    /// The inodes index, under index=on.
+    index: Option<Index>,
     counter: AtomicU64,
     /// The daemon's process id when the directory was opened (part of temp names).
     pid: u32,
@@ -72,7 +77,9 @@ impl WorkDir {
             sys::getegid()
         };
         let work = WorkDir {
+            base,
             fd,
+            index: None,
             counter: AtomicU64::new(0),
             pid: std::process::id(),
             creates_as: (sys::geteuid(), gid),
@@ -83,6 +90,21 @@ impl WorkDir {
 
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// The workdir itself, which holds the work area and the index.
+    pub fn base(&self) -> BorrowedFd<'_> {
+        self.base.as_fd()
+    }
+
+    /// The inodes index, under index=on.
+    pub fn index(&self) -> Option<&Index> {
+        self.index.as_ref()
+    }
+
+    /// Serves `index` as the mount's inodes index.
+    pub fn set_index(&mut self, index: Index) {
+        self.index = Some(index);
     }
 
     /// A fresh name for a temporary object.

@@ -32,6 +32,8 @@ enum Op {
     Stat(&'static str),
     CreateNew(&'static str),
     OpenDir(&'static str),
+    /// The link count (or the errno, negated).
+    Links(&'static str),
 }
 
 fn apply(root: &Path, op: &Op) -> i32 {
@@ -86,6 +88,10 @@ fn apply(root: &Path, op: &Op) -> i32 {
                 .open(p(f)),
         ),
         Op::OpenDir(d) => errno(fs::read_dir(p(d))),
+        Op::Links(f) => match fs::symlink_metadata(p(f)) {
+            Ok(m) => std::os::unix::fs::MetadataExt::nlink(&m) as i32,
+            Err(e) => -e.raw_os_error().unwrap_or(0),
+        },
     }
 }
 
@@ -187,6 +193,31 @@ enum Features {
     Redirects,
     /// `metacopy=on` (with redirect_dir=on): metadata changes copy up stubs.
     Metacopy,
+    /// `index=on`: lower hard links stay one inode across copy-up and remount.
+    Index,
+    /// `redirect_dir=on,index=on,metacopy=on`: everything at once.
+    All,
+}
+
+impl Features {
+    /// Whether the lower hard links are part of the game: only where the kernel keeps
+    /// them linked (index=on), as layerfs always does.
+    fn links(self) -> bool {
+        matches!(self, Features::Index | Features::All)
+    }
+}
+
+/// [`populate`], and lower hard links to play with: three names of one file in two
+/// directories, and a pair in the top lower.
+fn populate_links(f: &Fixture) {
+    populate(f);
+    let (l0, l1) = (f.lower(0), f.lower(1));
+    put(l1, "links/x", "xyz");
+    fs::hard_link(l1.join("links/x"), l1.join("links/y")).unwrap();
+    put(l1, "other/.keep", "");
+    fs::hard_link(l1.join("links/x"), l1.join("other/z")).unwrap();
+    put(l0, "hard2/p", "pq");
+    fs::hard_link(l0.join("hard2/p"), l0.join("hard2/q")).unwrap();
 }
 
 fn compare_in(ops: &[Op], features: Features) -> Vec<String> {
@@ -197,8 +228,18 @@ fn compare_in(ops: &[Op], features: Features) -> Vec<String> {
             "redirect_dir=on,metacopy=on",
             &["-o", "redirect_dir=on,metacopy=on"],
         ),
+        Features::Index => ("index=on", &["-o", "index=on"]),
+        Features::All => (
+            "redirect_dir=on,index=on,metacopy=on",
+            &["-o", "redirect_dir=on,index=on,metacopy=on"],
+        ),
     };
-    compare_with_kernel_using(2, populate, kernel, ours, |root| {
+    let fill = if features.links() {
+        populate_links
+    } else {
+        populate
+    };
+    compare_with_kernel_using(2, fill, kernel, ours, |root| {
         ops.iter()
             .map(|op| (format!("{op:?}"), apply(root, op)))
             .collect()
@@ -306,6 +347,56 @@ fn script_matches_kernel_overlayfs_with_redirects() {
     assert!(problems.is_empty(), "differences:\n{}", problems.join("\n"));
 }
 
+/// What index=on is about: names of lower hard links written, linked, moved, removed
+/// and replaced, each name's link count and data checked, then the whole script.
+fn index_script() -> Vec<Op> {
+    use Op::*;
+    let mut ops = vec![
+        Links("hard/two"),
+        Append("hard/one", "+"),
+        Links("hard/two"),
+        Read("hard/two"),
+        Stat("links/y"),
+        Link("hard/one", "hard/three"),
+        Links("hard/two"),
+        Unlink("hard/two"),
+        Links("hard/one"),
+        Read("hard/three"),
+        Chmod("links/x", 0o600),
+        Read("other/z"),
+        Rename("links/x", "links/x2"),
+        Unlink("other/z"),
+        Links("links/y"),
+        Rename("hard/one", "hard2/q"),
+        Read("hard2/p"),
+        Truncate("hard2/p", 1),
+        Unlink("hard/three"),
+        Unlink("hard2/q"),
+        Links("hard2/p"),
+        Unlink("hard2/p"),
+        Rename("links/y", "links/x2"),
+        Append("links/x2", "!"),
+        Link("links/x2", "other/again"),
+        Unlink("links/x2"),
+    ];
+    ops.extend(script());
+    ops
+}
+
+#[test]
+fn script_matches_kernel_overlayfs_with_index() {
+    require_fuse!();
+    let problems = compare_in(&index_script(), Features::Index);
+    assert!(problems.is_empty(), "differences:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn script_matches_kernel_overlayfs_with_every_feature() {
+    require_fuse!();
+    let problems = compare_in(&index_script(), Features::All);
+    assert!(problems.is_empty(), "differences:\n{}", problems.join("\n"));
+}
+
 /// Paths the random sequences work on: existing lower content, and names to create. The
 /// lower hard link `hard/one`+`hard/two` stays out: layerfs keeps such links across copy-up
 /// (kernel `index=on` behaviour) while the reference mount runs with `index=off`.
@@ -339,20 +430,39 @@ const PATHS: &[&str] = &[
     "n2/y",
 ];
 
-trait PickPath {
-    fn path(&mut self) -> &'static str;
+/// The names of lower hard links ([`populate_links`]), which sequences under index=on
+/// work on too.
+const LINK_PATHS: &[&str] = &[
+    "hard", "hard/one", "hard/two", "links", "links/x", "links/y", "other/z", "hard2/p", "hard2/q",
+];
+
+/// Picks operations and the paths they work on.
+struct Picker {
+    r: Rng,
+    paths: Vec<&'static str>,
 }
 
-impl PickPath for Rng {
+impl Picker {
+    fn next(&mut self) -> u64 {
+        self.r.next()
+    }
+
     fn path(&mut self) -> &'static str {
-        PATHS[(self.next() % PATHS.len() as u64) as usize]
+        self.paths[(self.r.next() % self.paths.len() as u64) as usize]
     }
 }
 
-fn random_ops(seed: u64, n: usize) -> Vec<Op> {
-    let mut r = Rng::new(seed);
+fn random_ops(seed: u64, n: usize, links: bool) -> Vec<Op> {
+    let mut paths = PATHS.to_vec();
+    if links {
+        paths.extend(LINK_PATHS);
+    }
+    let mut r = Picker {
+        r: Rng::new(seed),
+        paths,
+    };
     (0..n)
-        .map(|_| match r.next() % 16 {
+        .map(|_| match r.next() % 17 {
             0 => Op::Write(r.path(), "w"),
             1 => Op::Append(r.path(), "+"),
             2 => Op::Mkdir(r.path()),
@@ -369,6 +479,7 @@ fn random_ops(seed: u64, n: usize) -> Vec<Op> {
             12 => Op::SetXattr(r.path(), "user.r", "v"),
             13 => Op::RemoveXattr(r.path(), "user.tag"),
             14 => Op::Read(r.path()),
+            15 => Op::Links(r.path()),
             _ => Op::CreateNew(r.path()),
         })
         .collect()
@@ -391,10 +502,15 @@ fn random_sequences_match_kernel_overlayfs() {
     };
     let (mut sequences, mut operations) = (0, 0);
     for &seed in &seeds {
-        // Seeds take turns: the defaults, directory redirects, metacopy.
-        let features =
-            [Features::Plain, Features::Redirects, Features::Metacopy][seed as usize % 3];
-        let ops = random_ops(seed, 40);
+        // Seeds take turns: the defaults, directory redirects, metacopy, the index, all.
+        let features = [
+            Features::Plain,
+            Features::Redirects,
+            Features::Metacopy,
+            Features::Index,
+            Features::All,
+        ][seed as usize % 5];
+        let ops = random_ops(seed, 40, features.links());
         let problems = compare_in(&ops, features);
         assert!(
             problems.is_empty(),

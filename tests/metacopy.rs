@@ -21,6 +21,11 @@ fn metadata_changes_copy_up_a_stub_and_a_write_brings_the_data() {
     let f = Fixture::new(1);
     let data: Vec<u8> = (0..48u32 << 20).map(|i| (i % 251) as u8).collect();
     fs::write(f.lower(0).join("big"), &data).unwrap();
+    // Written out, so its block count no longer changes under the test (delayed allocation).
+    fs::File::open(f.lower(0).join("big"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
     let lower = fs::metadata(f.lower(0).join("big")).unwrap();
     let m = f.mount_with(&MC);
     fs::set_permissions(m.p("big"), fs::Permissions::from_mode(0o600)).unwrap();
