@@ -394,9 +394,9 @@ impl LayerFs {
 
     /// Before the lower name `parent/name` (the object `st` at `place`) of a file that
     /// goes through the index is removed or replaced: the file is copied up into the
-    /// index if it is not there yet, so that the union link count has a place, as on the
-    /// kernel (which copies up for the same reason). The name's new stat and place, or
-    /// `None` where nothing was to do.
+    /// index if it is not there yet, so that the union link count has a place, and the
+    /// name linked up, as on the kernel (which does both for the same reasons). The
+    /// name's new stat and place, or `None` where nothing was to do.
     pub(crate) fn index_before_unlink(
         &self,
         parent: &std::sync::Arc<Inode>,
@@ -404,11 +404,16 @@ impl LayerFs {
         st: &Stat,
         place: &Place,
     ) -> io::Result<Option<(Stat, Place)>> {
-        if place.in_upper() || !self.indexes(st) {
+        if place.upper || !(place.index.is_some() || self.indexes(st)) {
             return Ok(None);
         }
-        let node = self.node_for(st, place.clone())?;
-        self.copy_up(&node, CopyData::Metacopy)?;
+        if place.index.is_none() {
+            let node = self.node_for(st, place.clone())?;
+            self.copy_up(&node, CopyData::Metacopy)?;
+        }
+        // The name is linked up so that its removal takes an upper link along with the
+        // union count, which then stays right whenever a crash comes.
+        self.link_up_name(parent, name, st, place)?;
         self.found(parent, name)
     }
 
@@ -534,34 +539,21 @@ impl LayerFs {
         self.set_union_nlink(from_dir, from_name, count, st.st_nlink + 1, None)
     }
 
-    /// After a name of the indexed file with index entry `entry` went (one of its upper
-    /// names when `upper_name`, else a lower one, whiteout now): the union count goes down
-    /// with it (by itself for an upper name, whose link went with it), and where no name
-    /// of the union is left, the entry goes too, as on the kernel. Where upper names are
-    /// left though the count says none (a lower link added under the mount), the count is
-    /// set from them instead, as the kernel does. The caller holds `Index::counting`.
-    pub(crate) fn index_name_gone(&self, entry: &OsStr, upper_name: bool) {
+    /// After an upper name of the indexed file with index entry `entry` went (its upper
+    /// link and its union count went down together): where no name of the union is left,
+    /// the entry goes too, as on the kernel. Where upper names are left though the count
+    /// says none (a lower link added under the mount), the count is set from them
+    /// instead, as the kernel does. The caller holds `Index::counting`.
+    pub(crate) fn index_name_gone(&self, entry: &OsStr) {
         let Some(index) = self.index() else {
             return;
         };
         let Ok(st) = sys::fstatat(index.fd(), entry) else {
             return;
         };
-        let mut nlink = self
+        let nlink = self
             .nlink_value(index.fd(), entry)
             .and_then(|v| Nlink::decode(&v));
-        if !upper_name && let Some(Nlink::Upper(d)) = nlink {
-            nlink = Some(Nlink::Upper(d - 1));
-            if let Err(e) = self.set_union_nlink(
-                index.fd(),
-                entry,
-                (st.st_nlink as i64 + d - 1).max(0) as u64,
-                st.st_nlink,
-                None,
-            ) {
-                log::warn!("counting down index entry {entry:?}: {e}");
-            }
-        }
         match nlink {
             Some(Nlink::Upper(d)) if st.st_nlink as i64 + d <= 0 => {}
             _ => return,

@@ -459,21 +459,13 @@ impl LayerFs {
                 self.remove_upper(dir.as_fd(), name, want_dir)?;
             }
             if let Some(entry) = &place.index {
-                self.index_name_gone(entry, true);
+                self.index_name_gone(entry);
             }
             self.forget_alias_if_gone(&st, &place);
         } else {
             self.copy_up(&parent, CopyData::Full)?;
             let dir = self.dir_fd(upper.id, &parent)?;
-            let _counting = self.counting_for(&place);
-            if place.index.is_some() {
-                // As the kernel, which links the name up before removing it.
-                self.mark_impure(dir.as_fd());
-            }
             self.new_whiteout(dir.as_fd(), name, self.cfg.whiteout)?;
-            if let Some(entry) = &place.index {
-                self.index_name_gone(entry, false);
-            }
         }
         if let Some(node) = &node {
             drop_name(self, node, (parent.ino, name), (&st, &place), &mut held);

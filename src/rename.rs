@@ -251,14 +251,8 @@ impl LayerFs {
         };
         let overlay_whiteout = src_below && self.cfg.whiteout == WhiteoutFormat::Overlay;
         // The replaced name of an indexed file: its union count goes down with it.
-        let replaced = dst
-            .as_ref()
-            .and_then(|(_, p)| Some((p.index.clone()?, p.upper)));
+        let replaced = dst.as_ref().and_then(|(_, p)| p.index.clone());
         let _counting = dst.as_ref().and_then(|(_, p)| self.counting_for(p));
-        if replaced.as_ref().is_some_and(|(_, upper_name)| !upper_name) {
-            // As the kernel, which links the replaced name up first.
-            self.mark_impure(ddir.as_fd());
-        }
         if src_dir && over == Some(WhiteoutFormat::Overlay) {
             // A directory cannot replace the whiteout: exchange, and the whiteout lands
             // at the old name.
@@ -286,8 +280,8 @@ impl LayerFs {
         if over == Some(WhiteoutFormat::Aufs) {
             sys::unlinkat(ddir.as_fd(), &whiteout::aufs_name(newname), false)?;
         }
-        if let Some((entry, upper_name)) = &replaced {
-            self.index_name_gone(entry, *upper_name);
+        if let Some(entry) = &replaced {
+            self.index_name_gone(entry);
         }
         if let Some((dst_st, dplace)) = &dst {
             self.forget_alias_if_gone(dst_st, dplace);

@@ -3,7 +3,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -331,6 +331,81 @@ fn kill_during_metacopy_copy_ups_leaves_old_or_new() {
             &format!("after a kill at {delay_ms} ms"),
         );
         eprintln!("kill at {delay_ms} ms: {stubs} stubs left of {N} files");
+    }
+}
+
+/// `kill -9` at many points of index copy-ups (an append to one name of a lower hard
+/// link) and of removals of the other name: after remounting, each file's names are one
+/// inode with the old or the new data, its link count is the number of names shown, and
+/// kernel overlayfs with index=on reads the same.
+#[test]
+fn kill_during_index_copy_ups_leaves_old_or_new() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    const N: usize = 120;
+    let content = |i: usize| format!("{i}:").repeat(2000);
+    for i in 0..N {
+        put(f.lower(0), &format!("f{i}"), &content(i));
+        put(f.lower(0), "g/.keep", "");
+        fs::hard_link(
+            f.lower(0).join(format!("f{i}")),
+            f.lower(0).join(format!("g/{i}")),
+        )
+        .unwrap();
+    }
+    let opts = ["-o", "index=on"];
+    for delay_ms in [0u64, 3, 8, 20, 50, 120] {
+        f.clear_upper();
+        let m = f.mount_with(&opts);
+        let root = m.path.clone();
+        kill_during(m, delay_ms, move || {
+            for i in 0..N {
+                if let Ok(mut h) = fs::OpenOptions::new()
+                    .append(true)
+                    .open(root.join(format!("f{i}")))
+                {
+                    let _ = h.write_all(b"!");
+                }
+                if i % 3 == 0 {
+                    let _ = fs::remove_file(root.join(format!("g/{i}")));
+                }
+            }
+        });
+        let m = f.mount_with(&opts);
+        assert!(
+            temporaries(&f.work).is_empty(),
+            "temp left at {delay_ms} ms"
+        );
+        let mut written = 0;
+        for i in 0..N {
+            let fp = m.p(&format!("f{i}"));
+            let got = read(&fp);
+            let old = content(i);
+            assert!(
+                got == old || got == format!("{old}!"),
+                "f{i} after a kill at {delay_ms} ms: {} bytes",
+                got.len()
+            );
+            written += usize::from(got != old);
+            let fm = fs::metadata(&fp).unwrap();
+            let links = match fs::metadata(m.p(&format!("g/{i}"))) {
+                Ok(gm) => {
+                    assert_eq!(gm.ino(), fm.ino(), "g/{i} is another inode");
+                    assert_eq!(read(m.p(&format!("g/{i}"))), got, "g/{i} differs");
+                    2
+                }
+                Err(_) => 1,
+            };
+            assert_eq!(
+                fm.nlink(),
+                links,
+                "f{i} links after a kill at {delay_ms} ms"
+            );
+        }
+        let ours = snapshot(&m.path, false);
+        drop(m);
+        f.assert_kernel_shows("index=on", &ours, &format!("after a kill at {delay_ms} ms"));
+        eprintln!("kill at {delay_ms} ms: {written} of {N} files written");
     }
 }
 
