@@ -461,6 +461,15 @@ impl Inode {
         p.lower_at = r.lower_at;
     }
 
+    /// Records where each lower holds the object, by path, so that it no longer depends
+    /// on the name the place has (which is about to change).
+    pub fn pin_lowers(&self, at: Vec<LowerAt>) {
+        let mut p = self.place.write();
+        if at.len() == p.lowers.len() {
+            p.lower_at = at;
+        }
+    }
+
     /// Forgets the name `parent/name` (unlinked or replaced); another known name, if any,
     /// takes its place. `last_link`: the object itself is gone with this name; `held`: an
     /// fd of the object taken before the removal, kept if no known name is left.

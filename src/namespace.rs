@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::acl::{self, Acl};
 use crate::copyup::CopyData;
 use crate::fileops::Opened;
-use crate::inode::{Ino, Inode, Place};
+use crate::inode::{Ino, Inode, LowerAt, Place};
 use crate::layers::LayerId;
 use crate::sys::{self, Stat};
 use crate::union::{Attr, Caller, LayerFs, Resolved, check_new_name, errno, is_dir};
@@ -541,6 +541,22 @@ pub(crate) fn drop_name(
     held: &mut Option<(LayerId, OwnedFd)>,
 ) {
     let last_link = fs.last_link_gone(st, place);
+    // A file whose data its lowers hold (a metacopy stub) may be known by another name,
+    // which takes the place: its data stays where it was found.
+    let now = node.place();
+    if !last_link
+        && !node.is_dir()
+        && (now.parent, now.name.as_os_str()) == (parent, name)
+        && !now.lowers.is_empty()
+        && now.lower_at.is_empty()
+        && let Ok(at) = now
+            .lowers
+            .iter()
+            .map(|&l| Ok(LowerAt::Path(fs.layer_path(l, parent)?.join(name))))
+            .collect::<io::Result<Vec<_>>>()
+    {
+        node.pin_lowers(at);
+    }
     let keep = !(place.upper && !is_dir(st) && last_link);
     node.drop_name(
         parent,

@@ -181,7 +181,7 @@ impl LayerFs {
     }
 
     /// The path below `layer`'s root of the directory `ino`'s object there.
-    fn layer_path(&self, layer: LayerId, mut ino: Ino) -> io::Result<PathBuf> {
+    pub(crate) fn layer_path(&self, layer: LayerId, mut ino: Ino) -> io::Result<PathBuf> {
         let mut names = Vec::new();
         let mut base = PathBuf::new();
         while ino != ROOT {

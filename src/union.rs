@@ -418,7 +418,13 @@ impl LayerFs {
         node: &Inode,
     ) -> io::Result<(Arc<OwnedFd>, OsString)> {
         let place = node.place();
-        if !place.unlinked {
+        // An indexed file's index entry outlives the names the mount knew.
+        let indexed = self.layers.is_upper(layer)
+            && place.index.as_ref().is_some_and(|e| {
+                self.index()
+                    .is_some_and(|i| sys::fstatat(i.fd(), e).is_ok())
+            });
+        if !place.unlinked || indexed {
             return self.parent_fd(layer, node);
         }
         if let Some((l, fd)) = &place.held
