@@ -35,6 +35,14 @@ impl LayerFs {
     pub(crate) fn copy_up(&self, node: &Arc<Inode>, data: CopyData) -> io::Result<()> {
         let upper = self.layers.writable()?;
         if node.in_upper() {
+            // An indexed file changed through a name that is not linked up yet: linked up
+            // now, as the kernel does (the name is the one the kernel last looked up).
+            let place = node.place();
+            if place.index.is_some() && !place.upper && !place.unlinked {
+                let parent = self.node(place.parent)?;
+                self.link_from_index(&parent, &place.name, &place)?;
+                node.linked_up();
+            }
             return match data {
                 CopyData::Metacopy => Ok(()),
                 _ => self.fill_stub(node, data),

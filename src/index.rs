@@ -145,7 +145,7 @@ impl Index {
                 .is_some_and(|o| l.open_handle(&o.handle).is_ok());
             if !decodes {
                 log::warn!(
-                    "{} gives no file handles this process can open: index=off",
+                    "{} does not support file handles (none this process can open), falling back to index=off",
                     l.path.display()
                 );
                 return Ok(None);

@@ -426,6 +426,11 @@ impl Inode {
         self.copied_up.store(true, Ordering::Release);
     }
 
+    /// Records that the name of the place now is an upper name of the object too.
+    pub fn linked_up(&self) {
+        self.place.write().upper = true;
+    }
+
     /// Records that the object in the upper layer is the index entry `entry`.
     pub fn set_index(&self, entry: OsString) {
         self.place.write().index = Some(entry);

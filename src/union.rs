@@ -130,6 +130,10 @@ pub struct Attr {
     /// The FUSE generation of the inode number.
     pub generation: u64,
     pub st: Stat,
+    /// The kernel must not cache the name this was looked up by: a name of an indexed
+    /// file, whose copy-up links up the name it came through (see [`Inode::place`]: the
+    /// last name looked up), so each path walk to it must reach the daemon.
+    pub uncached_name: bool,
 }
 
 /// The result of resolving one name in a directory.
@@ -638,8 +642,12 @@ impl LayerFs {
                 } else {
                     self.ino_for(top, st.st_ino)
                 };
+                let named = self.index().is_some()
+                    && !is_dir(&st)
+                    && (place.index.is_some() || (!place.upper && st.st_nlink > 1));
                 let node = self.inodes.remember(ino, st.st_mode & libc::S_IFMT, place);
-                let attr = self.shown(&node, *st);
+                let mut attr = self.shown(&node, *st);
+                attr.uncached_name = named;
                 Ok((node, attr))
             }
             Resolved::Missing { .. } => Err(errno(libc::ENOENT)),
@@ -735,6 +743,7 @@ impl LayerFs {
             ino: node.ino,
             generation: node.generation(),
             st,
+            uncached_name: false,
         }
     }
 

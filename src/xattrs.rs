@@ -73,7 +73,7 @@ impl LayerFs {
         self.xattr_allowed(Some(name))?;
         self.layers.writable()?;
         let node = self.node(ino)?;
-        self.copy_up(&node, CopyData::Metacopy)?;
+        self.copy_up_for_xattrs(&node)?;
         let (dir, n) = self.object_fd(0, &node)?;
         if !acl::is_acl_xattr(name) {
             return XattrTarget::at(dir.as_fd(), &n)?.set(name, value, flags);
@@ -109,13 +109,23 @@ impl LayerFs {
         self.setattr(node.ino, change).map(drop)
     }
 
+    /// The copy-up before an xattr changes: none where the object is in the upper
+    /// already, so an indexed file's name is not linked up for it, as on the kernel
+    /// (which changes the xattrs of the inode's upper, whichever names it has).
+    fn copy_up_for_xattrs(&self, node: &std::sync::Arc<crate::inode::Inode>) -> io::Result<()> {
+        if node.in_upper() {
+            return Ok(());
+        }
+        self.copy_up(node, CopyData::Metacopy)
+    }
+
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> io::Result<()> {
         self.xattr_allowed(Some(name))?;
         self.layers.writable()?;
         let node = self.node(ino)?;
         // Copying up only to find the xattr missing would be wasted work.
         self.getxattr(ino, name)?;
-        self.copy_up(&node, CopyData::Metacopy)?;
+        self.copy_up_for_xattrs(&node)?;
         let (dir, n) = self.object_fd(0, &node)?;
         XattrTarget::at(dir.as_fd(), &n)?.remove(name)
     }

@@ -256,3 +256,53 @@ fn index_on_without_an_upper_is_ignored() {
     let m = f.run_mount(c);
     assert_eq!(read(m.p("other/d")), "data");
 }
+
+/// A lower that is itself an overlayfs gives no file handles to open: layerfs mounts with
+/// index=off and says so in one line, as the kernel falls back ("does not support file
+/// handles, falling back to index=off"); no index is made.
+#[test]
+fn a_layer_without_file_handles_falls_back_to_index_off() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    populate(&f);
+    let below = f.dir.path().join("below");
+    fs::create_dir(&below).unwrap();
+    let ov = f.dir.path().join("ov");
+    fs::create_dir(&ov).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={}:{}",
+            f.lower(0).display(),
+            below.display()
+        ))
+        .arg(&ov)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _ov = Unmount(&ov);
+    let mut c = Command::new(BIN);
+    c.arg("mount")
+        .arg(&ov)
+        .arg(&f.upper)
+        .arg(&f.mnt)
+        .arg("--workdir")
+        .arg(&f.work)
+        .args(["-o", "index=on"]);
+    let out = c.output().unwrap();
+    let m = Mounted::adopt(&f);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("falling back to index=off"), "{err}");
+    append(&m.p("hard/a"), "+");
+    assert_eq!(read(m.p("hard/b")), "data+");
+    drop(m);
+    assert!(!f.work.join("index").exists());
+}

@@ -93,6 +93,12 @@ fn caller(req: &Request, umask: u32) -> Caller {
 
 fn reply_entry(op: &str, r: io::Result<Attr>, ttl: Duration, reply: ReplyEntry) {
     match r {
+        Ok(a) if a.uncached_name => reply.entry_with_ttls(
+            &ttl,
+            &Duration::ZERO,
+            &file_attr(&a),
+            Generation(a.generation),
+        ),
         Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
         Err(e) => reply.error(errno(op, e)),
     }
@@ -476,11 +482,16 @@ impl Filesystem for FuseFs {
                     break;
                 }
             };
+            let ttl = if a.uncached_name {
+                Duration::ZERO
+            } else {
+                self.1
+            };
             let full = reply.add(
                 INodeNo(a.ino),
                 next,
                 &e.name,
-                &self.1,
+                &ttl,
                 &file_attr(&a),
                 Generation(a.generation),
             );

@@ -781,6 +781,14 @@ pub fn diff_uppers(
     kernel: BTreeMap<String, String>,
     ours: BTreeMap<String, String>,
 ) -> Vec<String> {
+    if std::env::var_os("STRICT").is_some() {
+        let n = |m: BTreeMap<String, String>| -> BTreeMap<String, String> {
+            m.into_iter()
+                .map(|(p, v)| (p, any_lower_name(&v)))
+                .collect()
+        };
+        return diff("upper", &n(kernel), &n(ours));
+    }
     let (mut k, kaliases) = split_indexed(kernel);
     let (mut o, oaliases) = split_indexed(ours);
     let mut problems = Vec::new();
