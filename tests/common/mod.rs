@@ -650,9 +650,8 @@ fn walk(root: &Path, dir: &Path, raw: bool, out: &mut BTreeMap<String, String>) 
             .filter(|n| !n.starts_with("security."))
             .map(|n| {
                 // An origin names an inode of the fixture's own lower: only its presence
-                // compares across fixtures. So does an indexed file's union link count,
-                // relative to how many upper names it has (see `split_indexed`).
-                if n == "trusted.overlay.origin" || n == "trusted.overlay.nlink" {
+                // compares across fixtures.
+                if n == "trusted.overlay.origin" {
                     return n;
                 }
                 let v = xattr::get(&p, &n).ok().flatten().unwrap_or_default();
@@ -740,9 +739,10 @@ pub fn compare_with_kernel_on<R: PartialEq + std::fmt::Debug>(
         ));
     }
     problems.extend(diff("merged", &kview, &oview));
-    problems.extend(diff_uppers(
-        snapshot(&kernel.upper, true),
-        snapshot(&ours.upper, true),
+    problems.extend(diff(
+        "upper",
+        &snapshot(&kernel.upper, true),
+        &snapshot(&ours.upper, true),
     ));
     problems.extend(diff(
         "index",
@@ -771,106 +771,6 @@ pub fn compare_with_kernel_on<R: PartialEq + std::fmt::Debug>(
     problems
 }
 
-/// The differences of two upper snapshots (the kernel's, layerfs's). Under index=on the
-/// kernel links an indexed file up at the name a copy-up came through, and layerfs (whose
-/// FUSE opens name no path) at the name it last met: which upper names are links of an
-/// index entry may differ, and so may the directories copied up only to hold them and
-/// their `impure` marks. Both read either way the same (the cross-mounts check that),
-/// and where both have a name it must be the same.
-pub fn diff_uppers(
-    kernel: BTreeMap<String, String>,
-    ours: BTreeMap<String, String>,
-) -> Vec<String> {
-    if std::env::var_os("STRICT").is_some() {
-        let n = |m: BTreeMap<String, String>| -> BTreeMap<String, String> {
-            m.into_iter()
-                .map(|(p, v)| (p, any_lower_name(&v)))
-                .collect()
-        };
-        return diff("upper", &n(kernel), &n(ours));
-    }
-    let (mut k, kaliases) = split_indexed(kernel);
-    let (mut o, oaliases) = split_indexed(ours);
-    let mut problems = Vec::new();
-    for (path, v) in &kaliases {
-        if let Some(w) = oaliases.get(path)
-            && w != v
-        {
-            problems.push(format!(
-                "upper {path}: kernel={v:?} layerfs={w:?} (an indexed file's name)"
-            ));
-        }
-    }
-    let holding: std::collections::BTreeSet<String> = kaliases
-        .keys()
-        .chain(oaliases.keys())
-        .flat_map(|p| {
-            let p = Path::new(p);
-            p.ancestors()
-                .skip(1)
-                .map(|a| a.to_string_lossy().into_owned())
-                .filter(|a| !a.is_empty())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    for side in [&mut k, &mut o] {
-        for (path, v) in side.iter_mut() {
-            if holding.contains(path) {
-                *v = v
-                    .replace("trusted.overlay.impure=y,", "")
-                    .replace(",trusted.overlay.impure=y", "")
-                    .replace("trusted.overlay.impure=y", "");
-            }
-        }
-    }
-    let only_aliases = |m: &BTreeMap<String, String>, dir: &str| {
-        let prefix = format!("{dir}/");
-        m.keys().all(|p| !p.starts_with(&prefix))
-    };
-    let one_sided: Vec<String> = holding
-        .iter()
-        .filter(|d| k.contains_key(*d) != o.contains_key(*d))
-        .filter(|d| only_aliases(&k, d) && only_aliases(&o, d))
-        .cloned()
-        .collect();
-    for d in one_sided {
-        k.remove(&d);
-        o.remove(&d);
-    }
-    problems.extend(diff("upper", &k, &o));
-    problems
-}
-
-/// Splits an upper snapshot into what must match and the upper names of indexed files
-/// (those recording a union link count), which the two sides link up at different times.
-pub fn split_indexed(
-    upper: BTreeMap<String, String>,
-) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    let (plain, indexed): (BTreeMap<_, _>, BTreeMap<_, _>) = upper
-        .into_iter()
-        .partition(|(_, v)| !v.contains("trusted.overlay.nlink"));
-    let indexed = indexed
-        .into_iter()
-        .map(|(p, v)| (p, any_lower_name(&v)))
-        .collect();
-    (plain, indexed)
-}
-
-/// An indexed metacopy stub's absolute redirect names one lower name of its file: the one
-/// the kernel's link(2) or rename(2) came through, the one layerfs last met (FUSE's link
-/// names no old path). Any of them reaches the same data, so only its form compares.
-fn any_lower_name(v: &str) -> String {
-    const KEY: &str = "trusted.overlay.redirect=/";
-    match v.find(KEY) {
-        Some(i) => {
-            let rest = &v[i + KEY.len()..];
-            let end = rest.find([',', ']']).unwrap_or(rest.len());
-            format!("{}{KEY}…{}", &v[..i], &rest[end..])
-        }
-        None => v.to_string(),
-    }
-}
-
 /// The inodes index of a fixture's workdir: each entry's file as the snapshot shows it,
 /// in order (entry names are the file handles of the fixture's own lowers, which differ).
 pub fn index_snapshot(f: &Fixture) -> BTreeMap<String, String> {
@@ -881,7 +781,7 @@ pub fn index_snapshot(f: &Fixture) -> BTreeMap<String, String> {
     let mut entries: Vec<String> = snapshot(&index, true)
         .into_iter()
         .filter(|(name, _)| !name.starts_with('#'))
-        .map(|(_, v)| any_lower_name(&v))
+        .map(|(_, v)| v)
         .collect();
     entries.sort();
     entries
