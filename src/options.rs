@@ -95,6 +95,21 @@ pub struct MountSpec {
     /// `index=on`: lower hard links stay one inode across copy-up and remount (the
     /// kernel's inodes index in the workdir).
     pub index: bool,
+    /// `uuid=`: whether the upper root keeps a persistent overlay UUID.
+    pub uuid: Uuid,
+}
+
+/// `uuid=` (the kernel's): whether the overlay's own UUID is kept in the upper root
+/// (`trusted.overlay.uuid`). File handles in origins carry the layers' UUIDs either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Uuid {
+    /// None kept.
+    Null,
+    /// Kept for an upper made by this or a newer mount (the root not yet impure), the
+    /// kernel's default.
+    Auto,
+    /// Kept, made at the first mount.
+    On,
 }
 
 /// Which opens pass file data straight between the kernel and a layer's file (FUSE
@@ -238,6 +253,7 @@ impl MountSpec {
             layers_added: false,
             xino: false,
             index: false,
+            uuid: Uuid::Auto,
         }
     }
 
@@ -395,6 +411,21 @@ impl MountSpec {
                 "on" => self.metacopy = true,
                 "off" => self.metacopy = false,
                 v => return usage(format!("option 'metacopy' takes on or off, not '{v}'")),
+            },
+            "uuid" => match text(value)?.as_str() {
+                "on" => self.uuid = Uuid::On,
+                "auto" => self.uuid = Uuid::Auto,
+                "null" => self.uuid = Uuid::Null,
+                "off" => {
+                    return usage(
+                        "option 'uuid=off' (file handles without UUIDs) is not supported; uuid=null keeps no overlay UUID",
+                    );
+                }
+                v => {
+                    return usage(format!(
+                        "option 'uuid' takes on, auto, null or off, not '{v}'"
+                    ));
+                }
             },
             "xino" => match text(value)?.as_str() {
                 "on" | "auto" => self.xino = true,
@@ -759,6 +790,11 @@ mod tests {
         assert!(!spec("lowerdir=/a,index=off").unwrap().index);
         assert!(spec("lowerdir=/a,index=maybe").is_err());
         assert!(spec("lowerdir=/a,nfs_export=on").is_err());
+        assert_eq!(spec("lowerdir=/a").unwrap().uuid, Uuid::Auto);
+        assert_eq!(spec("lowerdir=/a,uuid=on").unwrap().uuid, Uuid::On);
+        assert_eq!(spec("lowerdir=/a,uuid=null").unwrap().uuid, Uuid::Null);
+        assert!(spec("lowerdir=/a,uuid=off").is_err());
+        assert!(spec("lowerdir=/a,uuid=x").is_err());
         assert_eq!(
             spec("lowerdir=/a,redirect_dir=on").unwrap().redirect(),
             RedirectDir::On

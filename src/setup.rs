@@ -12,7 +12,7 @@ use crate::atime;
 use crate::creds;
 use crate::index::Index;
 use crate::layers::Layers;
-use crate::options::{Atime, MountFlags, MountSpec, Passthrough, UsageError};
+use crate::options::{Atime, MountFlags, MountSpec, Passthrough, UsageError, Uuid};
 use crate::redirect::RedirectDir;
 use crate::statoverride::{OverrideXattr, StatOverride};
 use crate::sys;
@@ -225,6 +225,9 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
         }
         (XattrNs::User, _) => (RedirectDir::NoFollow, false),
     };
+    if let (Some(u), XattrNs::Trusted) = (layers.upper(), xattr_ns) {
+        keep_uuid(u.root(), spec.uuid);
+    }
     let mut work = work;
     if spec.index {
         let refuse = |msg: String| {
@@ -372,6 +375,31 @@ fn mark_override(root: BorrowedFd<'_>, kind: OverrideXattr) -> io::Result<()> {
             target.set(kind.name(), &StatOverride::of_stat(&st).encode(), 0)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The overlay's persistent UUID in the upper root (`trusted.overlay.uuid`), made as the
+/// kernel makes it: under `uuid=on` at the first mount, under `auto` only for an upper
+/// no older mount used (its root not impure); a failure only loses it, as there.
+fn keep_uuid(root: BorrowedFd<'_>, uuid: Uuid) {
+    let Ok(target) = sys::XattrTarget::fd(root) else {
+        return;
+    };
+    let name = std::ffi::OsStr::new("trusted.overlay.uuid");
+    let made = match target.get_if_any(name) {
+        Ok(Some(v)) if v.len() == 16 => return,
+        Ok(_) if uuid == Uuid::Null => return,
+        Ok(_) if uuid == Uuid::Auto => {
+            match target.get_if_any(std::ffi::OsStr::new("trusted.overlay.impure")) {
+                Ok(None) => sys::random_bytes::<16>(),
+                _ => return,
+            }
+        }
+        Ok(_) => sys::random_bytes::<16>(),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = made.and_then(|v| target.set(name, &v, 0)) {
+        log::warn!("cannot keep the overlay UUID in the upper root: {e}");
     }
 }
 

@@ -290,8 +290,8 @@ fn script_matches_kernel_overlayfs_with_metacopy() {
 }
 
 /// With the topmost lower on another filesystem than the upper, redirects, metacopy
-/// stubs and origins (naming that filesystem's UUID) come out as the kernel's, and each
-/// upper mounts on the other side.
+/// stubs, origins and index entries (naming that filesystem's UUID) come out as the
+/// kernel's, and each upper mounts on the other side.
 #[test]
 fn a_lower_on_another_filesystem_matches_kernel_overlayfs() {
     require_fuse!();
@@ -304,6 +304,14 @@ fn a_lower_on_another_filesystem_matches_kernel_overlayfs() {
         Read("etc2/conf.d/c"),
         Chmod("etc2/conf.d/c", 0o600),
         Rename("etc2/conf.d", "conf"),
+        // hard2/ is a pair of links on the tmpfs: its index entry is named after a tmpfs
+        // file handle.
+        Links("hard2/q"),
+        Append("hard2/p", "+"),
+        Links("hard2/q"),
+        Read("hard2/q"),
+        Unlink("hard2/p"),
+        Links("hard2/q"),
     ];
     ops.extend(script());
     let fixture = || Fixture::with_lower_on_tmpfs(2, 0);
@@ -312,8 +320,8 @@ fn a_lower_on_another_filesystem_matches_kernel_overlayfs() {
             .map(|op| (format!("{op:?}"), apply(root, op)))
             .collect::<Vec<_>>()
     };
-    let both = "redirect_dir=on,metacopy=on";
-    let problems = compare_with_kernel_on(fixture, populate, both, &["-o", both], run);
+    let all = "redirect_dir=on,index=on,metacopy=on";
+    let problems = compare_with_kernel_on(fixture, populate_links, all, &["-o", all], run);
     assert!(problems.is_empty(), "differences:\n{}", problems.join("\n"));
 }
 

@@ -91,7 +91,9 @@ fn lower_hard_links_stay_one_inode_across_copy_up_and_remount() {
         fs::metadata(&entry).unwrap().ino()
     );
     assert_eq!(
-        xattr::get(&entry, "trusted.overlay.nlink").unwrap().unwrap(),
+        xattr::get(&entry, "trusted.overlay.nlink")
+            .unwrap()
+            .unwrap(),
         b"U+2"
     );
     {

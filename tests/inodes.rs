@@ -346,3 +346,45 @@ fn xino_numbers_match_the_kernels_across_filesystems() {
     assert_eq!(ours["a"] >> 62, 1);
     assert_eq!(ours["b"] >> 62, 2);
 }
+
+/// The upper root keeps the overlay's UUID (`trusted.overlay.uuid`) as the kernel keeps
+/// it: made at the first mount of a fresh upper (uuid=auto, the default, and uuid=on),
+/// not for an upper an older mount used (its root impure, no UUID) unless uuid=on, never
+/// under uuid=null; once there it stays, whichever side mounts.
+#[test]
+fn the_upper_root_keeps_the_overlay_uuid_as_the_kernel() {
+    require_fuse!();
+    let uuid = |f: &Fixture| xattr::get(&f.upper, "trusted.overlay.uuid").unwrap();
+    let old_upper = |f: &Fixture| {
+        f.clear_upper();
+        xattr::set(&f.upper, "trusted.overlay.impure", b"y").unwrap();
+    };
+    for (opts, old, kept) in [
+        ("uuid=auto", false, true),
+        ("uuid=on", false, true),
+        ("uuid=null", false, false),
+        ("uuid=auto", true, false),
+        ("uuid=on", true, true),
+    ] {
+        let k = Fixture::new(1);
+        let o = Fixture::new(1);
+        if old {
+            old_upper(&k);
+            old_upper(&o);
+        }
+        drop(k.kernel_mount_with(opts));
+        drop(o.mount_with(&["-o", opts]));
+        let (ku, ou) = (uuid(&k), uuid(&o));
+        assert_eq!(ku.is_some(), kept, "kernel, {opts}, old upper {old}");
+        assert_eq!(ou.is_some(), kept, "layerfs, {opts}, old upper {old}");
+        if let Some(v) = &ou {
+            assert_eq!(v.len(), 16);
+            o.clear_work();
+            drop(o.kernel_mount_with(opts));
+            assert_eq!(uuid(&o).as_ref(), Some(v), "the kernel kept layerfs's UUID");
+            o.clear_work();
+            drop(o.mount_with(&["-o", opts]));
+            assert_eq!(uuid(&o).as_ref(), Some(v), "layerfs kept its UUID");
+        }
+    }
+}

@@ -273,6 +273,26 @@ impl Drop for FsIds {
     }
 }
 
+/// `N` random bytes from the kernel (`getrandom`).
+pub fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
+    let mut buf = [0u8; N];
+    let mut got = 0;
+    while got < N {
+        // SAFETY: the pointer and length describe the unfilled rest of `buf`, which lives
+        // across the call.
+        let n = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), N - got, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        got += n as usize;
+    }
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
