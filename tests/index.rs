@@ -43,6 +43,23 @@ fn names(root: &Path, names: &[&str]) -> Vec<Option<(u64, u64, String)>> {
         .collect()
 }
 
+/// Every listing's d_ino is the name's st_ino, under `root`.
+fn assert_d_ino_is_st_ino(root: &Path) {
+    for e in fs::read_dir(root).unwrap() {
+        let e = e.unwrap();
+        let m = fs::symlink_metadata(e.path()).unwrap();
+        assert_eq!(
+            std::os::unix::fs::DirEntryExt::ino(&e),
+            m.ino(),
+            "{}: d_ino is not st_ino",
+            e.path().display()
+        );
+        if m.is_dir() {
+            assert_d_ino_is_st_ino(&e.path());
+        }
+    }
+}
+
 fn index_entries(f: &Fixture) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(f.work.join("index"))
         .unwrap()
@@ -71,6 +88,7 @@ fn lower_hard_links_stay_one_inode_across_copy_up_and_remount() {
         let _ = names(&m.path, &["hard/a", "hard/b"]);
         append(&m.p("hard/a"), "+");
         assert_eq!(names(&m.path, &["hard/a", "hard/b"]), vec![new(4), new(4)]);
+        assert_d_ino_is_st_ino(&m.path);
     }
     let entries = index_entries(&f);
     assert_eq!(entries.len(), 1, "index: {entries:?}");
@@ -98,11 +116,13 @@ fn lower_hard_links_stay_one_inode_across_copy_up_and_remount() {
     );
     {
         let m = f.mount_with(&INDEX);
+        assert_d_ino_is_st_ino(&m.path);
         assert_eq!(names(&m.path, &ALL), vec![new(4); 4]);
         fs::remove_file(m.p("other/c")).unwrap();
         assert_eq!(names(&m.path, &ALL), vec![new(3), new(3), None, new(3)]);
         fs::hard_link(m.p("other/d"), m.p("e")).unwrap();
         assert_eq!(names(&m.path, &["hard/b", "e"]), vec![new(4), new(4)]);
+        assert_d_ino_is_st_ino(&m.path);
     }
     f.clear_work();
     {
@@ -261,6 +281,88 @@ fn index_on_without_an_upper_is_ignored() {
     assert_eq!(read(m.p("other/d")), "data");
 }
 
+/// Mounts kernel overlayfs of `lowerdir` (with `upper` and its workdir, if given) on `at`,
+/// unmounted on drop.
+fn kernel_overlay(lowerdir: String, upper: Option<(&Path, &Path)>, at: &Path) -> Unmount {
+    fs::create_dir_all(at).unwrap();
+    let mut opts = format!("lowerdir={lowerdir}");
+    if let Some((u, w)) = upper {
+        opts += &format!(",upperdir={},workdir={}", u.display(), w.display());
+    }
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(at)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    Unmount(at.to_path_buf())
+}
+
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        // A daemon that served from it may take a moment to let go: then detached.
+        let plain = Command::new("umount").arg(&self.0).status();
+        if !plain.is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// An upper inside an overlayfs (a container running one, say): the kernel refuses it
+/// ("not supported as upperdir"); layerfs serves it, and since overlayfs gives no file
+/// handles to open, without the index, saying so in one line.
+#[test]
+fn an_upper_on_overlayfs_serves_without_the_index() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    populate(&f);
+    let base = f.dir.path().join("base");
+    let (bu, bw) = (f.dir.path().join("bu"), f.dir.path().join("bw"));
+    for d in [&base, &bu, &bw] {
+        fs::create_dir(d).unwrap();
+    }
+    let ov = f.dir.path().join("ov");
+    let _ov = kernel_overlay(
+        base.display().to_string(),
+        Some((bu.as_path(), bw.as_path())),
+        &ov,
+    );
+    let (upper, work) = (ov.join("upper"), ov.join("work"));
+    fs::create_dir(&upper).unwrap();
+    fs::create_dir(&work).unwrap();
+    let kernel = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            f.lower(0).display(),
+            upper.display(),
+            work.display()
+        ))
+        .arg(&f.mnt)
+        .output()
+        .unwrap();
+    assert!(
+        !kernel.status.success(),
+        "the kernel took an upper on overlayfs"
+    );
+    let mut c = f.mount_command_on(&upper, &work);
+    c.args(["-o", "index=on,redirect_dir=on"]);
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let m = Mounted::adopt(&f);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("falling back to index=off"), "{err}");
+    append(&m.p("hard/a"), "+");
+    assert_eq!(read(m.p("hard/b")), "data+");
+    fs::rename(m.p("other"), m.p("moved")).unwrap();
+    assert_eq!(read(m.p("moved/d")), "data+");
+    drop(m);
+    assert!(!work.join("index").exists());
+}
+
 /// A lower that is itself an overlayfs gives no file handles to open: layerfs mounts with
 /// index=off and says so in one line, as the kernel falls back ("does not support file
 /// handles, falling back to index=off"); no index is made.
@@ -272,25 +374,11 @@ fn a_layer_without_file_handles_falls_back_to_index_off() {
     let below = f.dir.path().join("below");
     fs::create_dir(&below).unwrap();
     let ov = f.dir.path().join("ov");
-    fs::create_dir(&ov).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o"])
-        .arg(format!(
-            "lowerdir={}:{}",
-            f.lower(0).display(),
-            below.display()
-        ))
-        .arg(&ov)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _ov = Unmount(&ov);
+    let _ov = kernel_overlay(
+        format!("{}:{}", f.lower(0).display(), below.display()),
+        None,
+        &ov,
+    );
     let mut c = Command::new(BIN);
     c.arg("mount")
         .arg(&ov)
