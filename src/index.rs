@@ -95,6 +95,25 @@ pub fn entry_origin(name: &OsStr) -> Option<Vec<u8>> {
     value.filter(|v| Origin::decode(v).is_some())
 }
 
+/// Checks that the object `fd` (`what`, for messages) records `value` as xattr `name`, or
+/// records it there if it has none, as the kernel ties the upper root and the index at
+/// mount. `Err(None)`: it records another value; `Err(Some(msg))`: it could not be read
+/// or written.
+fn verify_or_set(
+    fd: BorrowedFd<'_>,
+    name: &OsStr,
+    value: &[u8],
+    what: &str,
+) -> Result<(), Option<String>> {
+    let failed = |e: io::Error| Some(format!("index=on: {what}: {}", crate::setup::plain(&e)));
+    let target = XattrTarget::fd(fd).map_err(failed)?;
+    match target.get_if_any(name).map_err(failed)? {
+        None => target.set(name, value, 0).map_err(failed),
+        Some(v) if v == value => Ok(()),
+        Some(_) => Err(None),
+    }
+}
+
 /// The open index directory of a mount with `index=on`.
 #[derive(Debug)]
 pub struct Index {
@@ -153,24 +172,18 @@ impl Index {
         }
         let root_origin = origin::encode_for(lower, lower.root(), OsStr::new(""), false)
             .ok_or("index=on: the first lower layer gives no file handle")?;
-        let root = XattrTarget::fd(upper.root()).map_err(|e| io("upper root", e))?;
-        let origin_name = xattr_name(ns, "origin");
-        match root
-            .get_if_any(&origin_name)
-            .map_err(|e| io("upper root", e))?
-        {
-            None => root
-                .set(&origin_name, &root_origin, 0)
-                .map_err(|e| io("recording the upper root's origin", e))?,
-            Some(v) if v == root_origin => {}
-            Some(_) => {
-                return Err(format!(
-                    "index=on: upper layer {} was made over other lower layers (its root's origin is not {}); mount with index=off",
-                    upper.path.display(),
-                    lower.path.display()
-                ));
-            }
-        }
+        let mismatch = format!(
+            "index=on: upper layer {} was made over other lower layers (its root's origin is not {}); mount with index=off",
+            upper.path.display(),
+            lower.path.display()
+        );
+        verify_or_set(
+            upper.root(),
+            &xattr_name(ns, "origin"),
+            &root_origin,
+            "the upper root",
+        )
+        .map_err(|e| e.unwrap_or(mismatch))?;
         let mode = if sys::geteuid() == 0 { 0 } else { 0o700 };
         match sys::mkdirat(workdir, OsStr::new(INDEX_SUBDIR), mode) {
             Ok(()) => {}
@@ -186,23 +199,17 @@ impl Index {
         .map_err(|e| io("WORKDIR/index", e))?;
         let upper_fh = origin::encode_for(upper, upper.root(), OsStr::new(""), true)
             .ok_or("index=on: the upper layer gives no file handle")?;
-        let dir = XattrTarget::fd(fd.as_fd()).map_err(|e| io("WORKDIR/index", e))?;
-        let upper_name = xattr_name(ns, "upper");
-        match dir
-            .get_if_any(&upper_name)
-            .map_err(|e| io("WORKDIR/index", e))?
-        {
-            None => dir
-                .set(&upper_name, &upper_fh, 0)
-                .map_err(|e| io("tying WORKDIR/index to the upper", e))?,
-            Some(v) if v == upper_fh => {}
-            Some(_) => {
-                return Err(format!(
-                    "index=on: WORKDIR/index belongs to another upper layer than {}; delete it or mount with index=off",
-                    upper.path.display()
-                ));
-            }
-        }
+        let mismatch = format!(
+            "index=on: WORKDIR/index belongs to another upper layer than {}; delete it or mount with index=off",
+            upper.path.display()
+        );
+        verify_or_set(
+            fd.as_fd(),
+            &xattr_name(ns, "upper"),
+            &upper_fh,
+            "WORKDIR/index",
+        )
+        .map_err(|e| e.unwrap_or(mismatch))?;
         let index = Index {
             fd: Arc::new(fd),
             counting: Mutex::new(()),

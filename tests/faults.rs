@@ -266,6 +266,42 @@ fn kill_during_directory_renames_with_redirects_leaves_old_or_new() {
     }
 }
 
+/// For each delay of [`KILL_POINTS`], over a fresh upper with options `opts`: `work` runs on
+/// the mount (given its root) and the daemon is killed that many ms into it; then, mounted
+/// again, the workdir holds no temporary, `check` looks at the mount (given the delay), and
+/// kernel overlayfs with `kernel_opts` shows the same tree.
+fn kill_at_points(
+    f: &Fixture,
+    opts: &[&str],
+    kernel_opts: &str,
+    work: impl Fn(&Path) + Clone + Send + 'static,
+    check: impl Fn(&Mounted<'_>, u64),
+) {
+    for delay_ms in KILL_POINTS {
+        f.clear_upper();
+        let m = f.mount_with(opts);
+        let root = m.path.clone();
+        let work = work.clone();
+        kill_during(m, delay_ms, move || work(&root));
+        let m = f.mount_with(opts);
+        assert!(
+            temporaries(&f.work).is_empty(),
+            "temp left at {delay_ms} ms"
+        );
+        check(&m, delay_ms);
+        let ours = snapshot(&m.path, false);
+        drop(m);
+        f.assert_kernel_shows(
+            kernel_opts,
+            &ours,
+            &format!("after a kill at {delay_ms} ms"),
+        );
+    }
+}
+
+/// Where [`kill_at_points`] kills, in ms after the work starts.
+const KILL_POINTS: [u64; 6] = [0, 3, 8, 20, 50, 120];
+
 /// `kill -9` at many points of metacopy copy-ups (chmod: a stub) and of the data copy-ups
 /// that follow (an append fills the stub): after remounting, every file has its old or its
 /// new mode and its lower data (plus the appended byte once the append happened), never
@@ -279,27 +315,18 @@ fn kill_during_metacopy_copy_ups_leaves_old_or_new() {
     for i in 0..N {
         put(f.lower(0), &format!("f{i}"), &content(i));
     }
-    let opts = ["-o", "metacopy=on"];
-    for delay_ms in [0u64, 3, 8, 20, 50, 120] {
-        f.clear_upper();
-        let m = f.mount_with(&opts);
-        let root = m.path.clone();
-        kill_during(m, delay_ms, move || {
-            for i in 0..N {
-                let p = root.join(format!("f{i}"));
-                let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o600));
-                if i % 2 == 0
-                    && let Ok(mut h) = fs::OpenOptions::new().append(true).open(&p)
-                {
-                    let _ = h.write_all(b"!");
-                }
+    let work = |root: &Path| {
+        for i in 0..N {
+            let p = root.join(format!("f{i}"));
+            let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o600));
+            if i % 2 == 0
+                && let Ok(mut h) = fs::OpenOptions::new().append(true).open(&p)
+            {
+                let _ = h.write_all(b"!");
             }
-        });
-        let m = f.mount_with(&opts);
-        assert!(
-            temporaries(&f.work).is_empty(),
-            "temp left at {delay_ms} ms"
-        );
+        }
+    };
+    let check = |m: &Mounted<'_>, delay_ms: u64| {
         let mut stubs = 0;
         for i in 0..N {
             let p = m.p(&format!("f{i}"));
@@ -323,15 +350,10 @@ fn kill_during_metacopy_copy_ups_leaves_old_or_new() {
                     .is_some(),
             );
         }
-        let ours = snapshot(&m.path, false);
-        drop(m);
-        f.assert_kernel_shows(
-            "metacopy=on,redirect_dir=on",
-            &ours,
-            &format!("after a kill at {delay_ms} ms"),
-        );
         eprintln!("kill at {delay_ms} ms: {stubs} stubs left of {N} files");
-    }
+    };
+    let opts = ["-o", "metacopy=on"];
+    kill_at_points(&f, &opts, "metacopy=on,redirect_dir=on", work, check);
 }
 
 /// `kill -9` at many points of index copy-ups (an append to one name of a lower hard
@@ -344,38 +366,29 @@ fn kill_during_index_copy_ups_leaves_old_or_new() {
     let f = Fixture::new(1);
     const N: usize = 120;
     let content = |i: usize| format!("{i}:").repeat(2000);
+    put(f.lower(0), "g/.keep", "");
     for i in 0..N {
         put(f.lower(0), &format!("f{i}"), &content(i));
-        put(f.lower(0), "g/.keep", "");
         fs::hard_link(
             f.lower(0).join(format!("f{i}")),
             f.lower(0).join(format!("g/{i}")),
         )
         .unwrap();
     }
-    let opts = ["-o", "index=on"];
-    for delay_ms in [0u64, 3, 8, 20, 50, 120] {
-        f.clear_upper();
-        let m = f.mount_with(&opts);
-        let root = m.path.clone();
-        kill_during(m, delay_ms, move || {
-            for i in 0..N {
-                if let Ok(mut h) = fs::OpenOptions::new()
-                    .append(true)
-                    .open(root.join(format!("f{i}")))
-                {
-                    let _ = h.write_all(b"!");
-                }
-                if i % 3 == 0 {
-                    let _ = fs::remove_file(root.join(format!("g/{i}")));
-                }
+    let work = |root: &Path| {
+        for i in 0..N {
+            if let Ok(mut h) = fs::OpenOptions::new()
+                .append(true)
+                .open(root.join(format!("f{i}")))
+            {
+                let _ = h.write_all(b"!");
             }
-        });
-        let m = f.mount_with(&opts);
-        assert!(
-            temporaries(&f.work).is_empty(),
-            "temp left at {delay_ms} ms"
-        );
+            if i % 3 == 0 {
+                let _ = fs::remove_file(root.join(format!("g/{i}")));
+            }
+        }
+    };
+    let check = |m: &Mounted<'_>, delay_ms: u64| {
         let mut written = 0;
         for i in 0..N {
             let fp = m.p(&format!("f{i}"));
@@ -402,11 +415,9 @@ fn kill_during_index_copy_ups_leaves_old_or_new() {
                 "f{i} links after a kill at {delay_ms} ms"
             );
         }
-        let ours = snapshot(&m.path, false);
-        drop(m);
-        f.assert_kernel_shows("index=on", &ours, &format!("after a kill at {delay_ms} ms"));
         eprintln!("kill at {delay_ms} ms: {written} of {N} files written");
-    }
+    };
+    kill_at_points(&f, &["-o", "index=on"], "index=on", work, check);
 }
 
 /// A loop-mounted ext4 (long journal commit interval), unmounted and detached on drop.
