@@ -224,6 +224,18 @@ fn relation(f: &Fixture, st: &BTreeMap<String, u64>) -> BTreeMap<String, &'stati
 #[test]
 fn numbers_are_the_kernels_and_survive_copy_up_and_remount() {
     require_fuse!();
+    numbers_survive_copy_up_and_remount("");
+}
+
+/// The same with every kernel feature on: redirected directories, metacopy stubs, and
+/// lower hard links through the index (whose names all show the origin's number).
+#[test]
+fn numbers_are_the_kernels_with_every_feature() {
+    require_fuse!();
+    numbers_survive_copy_up_and_remount("redirect_dir=on,index=on,metacopy=on");
+}
+
+fn numbers_survive_copy_up_and_remount(opts: &str) {
     let populate = |f: &Fixture| {
         put(f.lower(1), "etc/hosts", "h");
         put(f.lower(1), "etc/passwd", "p");
@@ -232,6 +244,11 @@ fn numbers_are_the_kernels_and_survive_copy_up_and_remount() {
         put(f.lower(0), "usr/lib/x", "x");
         std::os::unix::fs::symlink("tool", f.lower(1).join("usr/bin/link")).unwrap();
         put(f.lower(1), "var/log/old", "o");
+        // Without index, the kernel gives a copied hard link the copy's number.
+        if !opts.is_empty() {
+            put(f.lower(1), "hard/one", "1");
+            fs::hard_link(f.lower(1).join("hard/one"), f.lower(1).join("var/two")).unwrap();
+        }
     };
     let change = |m: &Path| {
         fs::OpenOptions::new()
@@ -255,6 +272,15 @@ fn numbers_are_the_kernels_and_survive_copy_up_and_remount() {
         put(m, "usr/lib/new", "n");
         fs::rename(m.join("etc/passwd"), m.join("var/passwd")).unwrap();
         fs::create_dir(m.join("var/log/sub")).unwrap();
+        if !opts.is_empty() {
+            fs::set_permissions(
+                m.join("hard/one"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
+            // Moves of lower directories need redirects.
+            fs::rename(m.join("usr/lib"), m.join("lib")).unwrap();
+        }
     };
     let (kernel, ours) = (Fixture::new(2), Fixture::new(2));
     populate(&kernel);
@@ -263,9 +289,11 @@ fn numbers_are_the_kernels_and_survive_copy_up_and_remount() {
     for (f, is_kernel) in [(&kernel, true), (&ours, false)] {
         let mount = || {
             if is_kernel {
-                f.kernel_mount()
-            } else {
+                f.kernel_mount_with(opts)
+            } else if opts.is_empty() {
                 f.mount()
+            } else {
+                f.mount_with(&["-o", opts])
             }
         };
         let m = mount();
@@ -305,10 +333,11 @@ fn numbers_are_the_kernels_and_survive_copy_up_and_remount() {
     assert_eq!(k.1, o.1, "after the changes");
     // Across: layerfs over the kernel's upper, the kernel over layerfs's.
     kernel.clear_work();
-    let over_kernel = numbers(&kernel.mount().path).0;
+    let ours_opts = ["-o", if opts.is_empty() { "index=off" } else { opts }];
+    let over_kernel = numbers(&kernel.mount_with(&ours_opts).path).0;
     assert_eq!(over_kernel, k.2, "layerfs over the kernel's upper");
     ours.clear_work();
-    let over_ours = numbers(&ours.kernel_mount().path).0;
+    let over_ours = numbers(&ours.kernel_mount_with(opts).path).0;
     assert_eq!(over_ours, o.2, "the kernel over layerfs's upper");
 }
 
