@@ -66,6 +66,31 @@ fn writes_pass_through_and_the_fallback_serves_them() {
     );
 }
 
+/// Closing files costs no round trip to the daemon: the first FLUSH is answered ENOSYS and
+/// the kernel sends none after it, with passthrough and without.
+#[test]
+fn closes_send_one_flush_at_most() {
+    require_fuse!();
+    for opts in [&[][..], &["-o", "passthrough=off"]] {
+        let f = Fixture::new(1);
+        put(f.lower(0), "lower", "l");
+        let (mut daemon, m, log) = logged_mount(&f, opts);
+        for i in 0..50 {
+            fs::write(m.p(&format!("f{i}")), "data").unwrap();
+            assert_eq!(read(m.p(&format!("f{i}"))), "data");
+            assert_eq!(read(m.p("lower")), "l");
+        }
+        drop(m);
+        daemon.wait().unwrap();
+        let text = fs::read_to_string(&log).unwrap();
+        let flushes = text.lines().filter(|l| l.contains("] flush ")).count();
+        assert_eq!(
+            flushes, 1,
+            "{opts:?}: {flushes} FLUSH requests for 150 closes"
+        );
+    }
+}
+
 /// Pages a reader cached stay right after a writer passed data past them: the next
 /// cached open drops them.
 #[test]

@@ -376,15 +376,19 @@ impl Filesystem for FuseFs {
         }
     }
 
+    /// A close needs nothing from the daemon: the kernel has written cached data out
+    /// before it asks, and file locks are the kernel's own. ENOSYS, and the kernel sends
+    /// no FLUSH again (a round trip saved on every close).
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        debug!("flush {}", ino.0);
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
