@@ -140,7 +140,7 @@ impl LayerFs {
     pub(crate) fn list_dir(&self, node: &Inode) -> io::Result<Vec<MergedEntry>> {
         let place = node.place();
         let merged = merge(self.layer_listings(&place, |lid| self.dir_fd(lid, node))?);
-        let upper = if place.upper && self.layers.same_fs() {
+        let upper = if place.upper {
             let fd = self.dir_fd(0, node)?;
             (!place.lowers.is_empty() || self.is_impure(fd.as_fd())).then_some(fd)
         } else {

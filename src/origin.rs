@@ -217,9 +217,9 @@ impl LayerFs {
     }
 
     /// The number an upper object `dir/name` with real inode number `st_ino` and type
-    /// `kind` (`S_IFMT` bits) shows: the one it was given in this mount, else (all layers
-    /// on one filesystem) its origin's when that is a directory, a file with one link or
-    /// an indexed file, as the kernel shows them, else its own.
+    /// `kind` (`S_IFMT` bits) shows: the one it was given in this mount, else its origin's
+    /// when that is a file with one link or an indexed file, or a directory (with all
+    /// layers on one filesystem, or xino), as the kernel shows them, else its own.
     pub(crate) fn upper_number(
         &self,
         dir: BorrowedFd<'_>,
@@ -230,7 +230,10 @@ impl LayerFs {
         if let Some(n) = self.numbers.kept(st_ino) {
             return n;
         }
-        if self.layers.same_fs()
+        // As the kernel: a non-directory always shows its origin's number (mapped to the
+        // origin's layer), a directory only where numbers of all layers are comparable
+        // (one filesystem, or xino).
+        if (kind != libc::S_IFDIR || self.layers.same_fs() || self.cfg.xino)
             && let Some(value) = self.origin_value(dir, name)
             && let Some(found) = find(&self.layers, &value)
             && found.st.st_mode & libc::S_IFMT == kind
