@@ -37,11 +37,13 @@ impl LayerFs {
         if node.in_upper() {
             // An indexed file changed through a name that is not linked up yet: linked up
             // now, as the kernel does (the name is the one the kernel last looked up).
-            let place = node.place();
-            if place.index.is_some() && !place.upper && !place.unlinked {
-                let parent = self.node(place.parent)?;
-                self.link_from_index(&parent, &place.name, &place)?;
-                node.linked_up();
+            if self.index().is_some() {
+                let place = node.place();
+                if place.index.is_some() && !place.upper && !place.unlinked {
+                    let parent = self.node(place.parent)?;
+                    self.link_from_index(&parent, &place.name, &place)?;
+                    node.linked_up();
+                }
             }
             return match data {
                 CopyData::Metacopy => Ok(()),
@@ -226,7 +228,8 @@ impl LayerFs {
     }
 
     /// Replaces the lower name `parent/name` of the copied-up hard link `node` by an upper
-    /// hard link to the copy (what kernel overlayfs does with `index=on`).
+    /// hard link to the copy, so that the names the mount met stay one file (without
+    /// index=on, within this mount only).
     pub(crate) fn link_lower_name(
         &self,
         node: &Arc<Inode>,

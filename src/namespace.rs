@@ -543,9 +543,8 @@ pub(crate) fn drop_name(
     let last_link = fs.last_link_gone(st, place);
     // A file whose data its lowers hold (a metacopy stub) may be known by another name,
     // which takes the place: its data stays where it was found.
-    let now = node.place();
-    if !last_link
-        && !node.is_dir()
+    let now = (!last_link && !node.is_dir()).then(|| node.place());
+    if let Some(now) = now
         && (now.parent, now.name.as_os_str()) == (parent, name)
         && !now.lowers.is_empty()
         && now.lower_at.is_empty()

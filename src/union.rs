@@ -298,7 +298,8 @@ impl LayerFs {
         }
         // An indexed file is its index entry in the upper, whichever its names are.
         if self.layers.is_upper(layer)
-            && let (Some(entry), Some(index)) = (node.index_entry(), self.index())
+            && let Some(index) = self.index()
+            && let Some(entry) = node.index_entry()
         {
             return Ok((index.shared_fd(), entry));
         }
@@ -720,7 +721,8 @@ impl LayerFs {
     /// a merged directory, as kernel overlayfs reports.
     pub(crate) fn shown(&self, node: &Inode, mut st: Stat) -> Attr {
         // An indexed file counts the union's links, as on the kernel.
-        if let Some(entry) = node.index_entry()
+        if self.index().is_some()
+            && let Some(entry) = node.index_entry()
             && let Some(n) = self.union_nlink(&entry, &st)
         {
             st.st_nlink = n as _;
