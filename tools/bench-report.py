@@ -28,7 +28,10 @@ def main():
     median = {k: statistics.median(v) for k, v in values.items() if v}
 
     def ratio(target, workload):
-        base = median.get(("kernel", workload))
+        # Rootless targets against the kernel run the same way (kernel-rootless itself
+        # against the kernel).
+        rootless = target.endswith("-rootless") and target != "kernel-rootless"
+        base = median.get(("kernel-rootless" if rootless else "kernel", workload))
         own = median.get((target, workload))
         if base is None or own is None or base == 0:
             return None
@@ -48,7 +51,7 @@ def main():
         print(f"| {w} | " + " | ".join(cells) + " |")
     print()
     print("Each cell: the median, then its ratio to kernel overlayfs (↑: higher is better; "
-          "otherwise lower is better).")
+          "otherwise lower is better); a `-rootless` target's ratio is to kernel-rootless.")
     write_chart(chart, workloads, targets, ratio)
 
 

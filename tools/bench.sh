@@ -13,13 +13,20 @@
 # build), for before/after figures from one interleaved run. "layerfs-nopassthrough" is
 # layerfs with passthrough=off (the path rootless engines get); "layerfs-all" is
 # passthrough=all (read-only opens of lower files passed through too).
+# --rootless adds the same targets run as root of a user namespace (tools/userns.py), as
+# rootless engines run them: kernel overlayfs with userxattr, and the FUSE overlays
+# without passthrough, which the kernel refuses there. Their ratios are to
+# kernel-rootless.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-QUICK=0 ROUNDS=3 OUT=${TMPDIR:-/tmp}/layerfs-bench TARGETS=""
+QUICK=0 ROUNDS=3 OUT=${TMPDIR:-/tmp}/layerfs-bench TARGETS="" ROOTLESS=0 INNER=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
+    --rootless) ROOTLESS=1 ;;
+    # Internal: --inner FUNCTION ARG runs one function of the run set up in $BENCH_W.
+    --inner) INNER=$2 INNER_ARG=$3; shift 2 ;;
     --rounds) ROUNDS=$2; shift ;;
     --out) OUT=$2; shift ;;
     --targets) TARGETS=$2; shift ;;
@@ -38,23 +45,33 @@ if [ -z "$TARGETS" ]; then
   [ -x "$FOV2" ] && TARGETS="$TARGETS fuse-overlayfs-2"
   [ -n "${BASE_LAYERFS:-}" ] && TARGETS="$TARGETS layerfs-base"
 fi
+if [ $ROOTLESS = 1 ]; then
+  TARGETS="$TARGETS kernel-rootless layerfs-rootless"
+  command -v fuse-overlayfs >/dev/null && TARGETS="$TARGETS fuse-overlayfs-1-rootless"
+  [ -x "$FOV2" ] && TARGETS="$TARGETS fuse-overlayfs-2-rootless"
+fi
 if [ $QUICK = 1 ]; then
   WALK=5000 DIRENTS=4000 BIG=256 COPY=64 NFILES=2000 RT=3 HUGE=20000
 else
   WALK=20000 DIRENTS=10000 BIG=1024 COPY=256 NFILES=10000 RT=10 HUGE=100000
 fi
 
-mkdir -p "$OUT"
-W=$(mktemp -d "$OUT/run.XXXXXX")
+if [ -n "$INNER" ]; then
+  W=$BENCH_W
+else
+  mkdir -p "$OUT"
+  W=$(mktemp -d "$OUT/run.XXXXXX")
+fi
 RESULTS=$W/results.tsv
-: > "$RESULTS"
 MNT=$W/mnt
-mkdir -p "$MNT"
+L1=$W/lower1 L2=$W/lower2 MANY=$W/many
 cleanup() { umount -l "$MNT" 2>/dev/null || true; }
 trap cleanup EXIT
 
+build_layers() {
+: > "$RESULTS"
+mkdir -p "$MNT"
 echo "building the image layers in $W (walk $WALK files, dir $DIRENTS entries, big ${BIG} MiB)" >&2
-L1=$W/lower1 L2=$W/lower2
 mkdir -p "$L1/walk" "$L1/merged" "$L2/merged" "$L1/victims"
 for d in $(seq 1 $((WALK / 100))); do
   mkdir "$L1/walk/d$d"
@@ -74,13 +91,14 @@ for d in $(seq 1 $((HUGE / 1000))); do
   (cd "$L1/huge/d$d" && seq 1 1000 | xargs touch)
 done
 tar -C "$L1" -cf "$W/rootfs.tar" walk
-MANY=$W/many
 for i in $(seq 1 64); do mkdir -p "$MANY/l$i/d$i"; touch "$MANY/l$i/f$i"; done
 sync
+}
 
 now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc -l; }
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# Inside a user namespace the caches cannot be dropped: the caller dropped them before.
+drop_caches() { sync; [ -n "$INNER" ] || echo 3 > /proc/sys/vm/drop_caches; }
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$RESULTS"; }
 
 # mount TARGET LOWERDIR UPPER WORK: mounts on $MNT (native: a bind of the top lower).
@@ -91,12 +109,13 @@ mount_target() {
   case $t in
     native) mount --bind "${lower%%:*}" "$MNT" ;;
     kernel) mount -t overlay overlay -o "$o" "$MNT" ;;
-    layerfs) "$LAYERFS" -o "$o" "$MNT" ;;
+    kernel-rootless) mount -t overlay overlay -o "$o,userxattr" "$MNT" ;;
+    layerfs | layerfs-rootless) "$LAYERFS" -o "$o" "$MNT" ;;
     layerfs-base) "$BASE_LAYERFS" -o "$o" "$MNT" ;;
     layerfs-nopassthrough) "$LAYERFS" -o "$o,passthrough=off" "$MNT" ;;
     layerfs-all) "$LAYERFS" -o "$o,passthrough=all" "$MNT" ;;
-    fuse-overlayfs-1) fuse-overlayfs -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" 2>/dev/null ;;
-    fuse-overlayfs-2) "$FOV2" -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" 2>/dev/null ;;
+    fuse-overlayfs-1*) fuse-overlayfs -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" 2>/dev/null ;;
+    fuse-overlayfs-2*) "$FOV2" -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" 2>/dev/null ;;
   esac
 }
 unmount_target() { umount "$MNT" 2>/dev/null || umount -l "$MNT"; sleep 0.2; }
@@ -117,7 +136,7 @@ round() {
   mount_target "$t" "$lower" "$up" "$wk"
   s=$(now); find "$MNT/walk" -printf '%s\n' > /dev/null; record "$t" "stat-walk, cold (s)" "$r" "$(since "$s")"
   s=$(now); find "$MNT/walk" -printf '%s\n' > /dev/null; record "$t" "stat-walk, warm (s)" "$r" "$(since "$s")"
-  if [ "$t" != native ] && [ "$t" != kernel ]; then
+  if [ "$t" != native ] && [ "${t%-rootless}" != kernel ]; then
     record "$t" "daemon RSS after the walk (MiB)" "$r" "$(awk '/VmHWM/ {print $2/1024}' /proc/"$(daemon_pid)"/status)"
     find "$MNT/huge" -printf '%s\n' > /dev/null
     record "$t" "daemon RSS after a $HUGE-file walk (MiB)" "$r" "$(awk '/VmHWM/ {print $2/1024}' /proc/"$(daemon_pid)"/status)"
@@ -182,12 +201,13 @@ page_cache() {
     local m=$W/pc$i
     case $t in
       kernel) mount -t overlay overlay -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i" "$m" ;;
-      layerfs) "$LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" ;;
+      kernel-rootless) mount -t overlay overlay -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i,userxattr" "$m" ;;
+      layerfs | layerfs-rootless) "$LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" ;;
       layerfs-base) "$BASE_LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" ;;
       layerfs-nopassthrough) "$LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" -o passthrough=off ;;
       layerfs-all) "$LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" -o passthrough=all ;;
-      fuse-overlayfs-1) fuse-overlayfs -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i" "$m" 2>/dev/null ;;
-      fuse-overlayfs-2) "$FOV2" -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i" "$m" 2>/dev/null ;;
+      fuse-overlayfs-1*) fuse-overlayfs -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i" "$m" 2>/dev/null ;;
+      fuse-overlayfs-2*) "$FOV2" -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i" "$m" 2>/dev/null ;;
     esac
     cat "$m/big" > /dev/null
   done
@@ -196,13 +216,31 @@ page_cache() {
   for i in $(seq 1 "$n"); do umount "$W/pc$i"; rm -rf "$W/pcu$i" "$W/pcw$i"; done
 }
 
+# run FUNCTION TARGET ARG: FUNCTION (round or page_cache) for TARGET, a rootless one as
+# root of a user namespace (this script again, in --inner mode there).
+run() {
+  local f=$1 t=$2
+  case $t in
+    *-rootless)
+      drop_caches
+      local q=""; [ $QUICK = 1 ] && q=--quick
+      BENCH_W=$W FOV2=$FOV2 "$ROOT/tools/userns.py" "$ROOT/tools/bench.sh" $q --targets "$t" --inner "$f" "$3"
+      ;;
+    *) "$f" "$t" "$3" ;;
+  esac
+}
+if [ -n "$INNER" ]; then
+  "$INNER" "$TARGETS" "$INNER_ARG"
+  exit
+fi
+build_layers
 for r in $(seq 1 "$ROUNDS"); do
   for t in $TARGETS; do
     echo "round $r: $t" >&2
-    round "$t" "$r"
+    run round "$t" "$r"
   done
 done
-for n in 1 5 10; do for t in $TARGETS; do page_cache "$t" $n; done; done
+for n in 1 5 10; do for t in $TARGETS; do run page_cache "$t" $n; done; done
 
 python3 "$ROOT/tools/bench-report.py" "$RESULTS" "$W/chart.svg" $TARGETS
 echo >&2
