@@ -172,7 +172,8 @@ fn all_passes_lower_reads_through_and_holds_their_data() {
 
 /// By default a read-only fd of a lower file reads the file's new data after another fd
 /// copied it up and wrote it, as on kernel overlayfs (read-only opens are not passed
-/// through there, since a passthrough handle cannot move to the copy).
+/// through there, since a passthrough handle cannot move to the copy), and the lower file
+/// keeps its data.
 #[test]
 fn by_default_a_reader_of_a_lower_file_sees_its_copy_up() {
     require_fuse!();
@@ -190,6 +191,9 @@ fn by_default_a_reader_of_a_lower_file_sees_its_copy_up() {
     let mut got = vec![0u8; 4];
     reader.read_exact_at(&mut got, 0).unwrap();
     assert_eq!(got, b"new\n");
+    // The write went to the copy, never into the layer below.
+    assert_eq!(read(f.lower(0).join("f")), "old\n");
+    assert_eq!(read(f.upper.join("f")), "new\n");
 }
 
 /// Without passthrough (`passthrough=off`, what rootless mounts get) the kernel's writeback
