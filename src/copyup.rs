@@ -83,7 +83,9 @@ impl LayerFs {
             data_name,
             real: sys::fstatat(src_dir.as_fd(), &src_name)?,
         };
-        let shown = self.stat_at(lower, src.dir, src.name)?;
+        // What the mount shows: the same stat, with the layer's owner/mode override if any.
+        let mut shown = src.real;
+        self.apply_override(lower, || sys::XattrTarget::at(src.dir, src.name), &mut shown)?;
         let st = src.real;
         let stub = data == CopyData::Metacopy
             && self.cfg.metacopy
@@ -306,23 +308,26 @@ impl LayerFs {
         };
         match fmt {
             libc::S_IFREG => {
-                let from = File::from(sys::openat_noatime(
-                    src.data_dir,
-                    src.data_name,
-                    libc::O_RDONLY | libc::O_NOFOLLOW,
-                )?);
                 let to = File::from(sys::openat(
                     work,
                     tmp,
                     libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
                     0o600,
                 )?);
+                let size = src.real.st_size as u64;
                 if stub {
                     // A metacopy stub: the lower's size, no data.
-                    to.set_len(src.real.st_size as u64)?;
+                    if size > 0 {
+                        to.set_len(size)?;
+                    }
                     metacopy::mark(work, tmp, self.cfg.xattr_ns)?;
                 } else if data != CopyData::MetadataOnly {
-                    copy_data(&from, &to, src.real.st_size as u64)?;
+                    let from = File::from(sys::openat_noatime(
+                        src.data_dir,
+                        src.data_name,
+                        libc::O_RDONLY | libc::O_NOFOLLOW,
+                    )?);
+                    copy_data(&from, &to, size)?;
                     // As the kernel does: the data is on disk before the copy takes the
                     // original's place (not for volatile/fsync=0; an empty file has none).
                     if self.cfg.fsync && src.real.st_size > 0 {
