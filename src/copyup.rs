@@ -85,7 +85,11 @@ impl LayerFs {
         };
         // What the mount shows: the same stat, with the layer's owner/mode override if any.
         let mut shown = src.real;
-        self.apply_override(lower, || sys::XattrTarget::at(src.dir, src.name), &mut shown)?;
+        self.apply_override(
+            lower,
+            || sys::XattrTarget::at(src.dir, src.name),
+            &mut shown,
+        )?;
         let st = src.real;
         let stub = data == CopyData::Metacopy
             && self.cfg.metacopy
