@@ -334,7 +334,7 @@ impl LayerFs {
                     copy_data(&from, &to, size)?;
                     // As the kernel does: the data is on disk before the copy takes the
                     // original's place (not for volatile/fsync=0; an empty file has none).
-                    if self.cfg.fsync && src.real.st_size > 0 {
+                    if self.cfg.fsync && size > 0 {
                         to.sync_all()?;
                     }
                 }
