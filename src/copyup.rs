@@ -147,6 +147,8 @@ impl LayerFs {
         } else {
             node.set_upper();
         }
+        // The parent's upper holds one more name: a listing taken before is not current.
+        parent.names_moved_on();
         restore_times(dst_dir.as_fd(), OsStr::new(""), &parent_st)?;
         if node.is_dir() {
             // Merged now: it shows one link, as on the kernel, not the lower's count the

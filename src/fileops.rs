@@ -472,18 +472,20 @@ impl LayerFs {
                 ino: h.node.ino,
                 kind: libc::S_IFDIR,
                 layer: 0,
+                held_in: Box::default(),
             },
             MergedEntry {
                 name: "..".into(),
                 ino: parent,
                 kind: libc::S_IFDIR,
                 layer: 0,
+                held_in: Box::default(),
             },
         ];
         // One reply's worth at most (a FUSE readdir buffer holds far fewer than this), so
         // listing a huge directory costs linear time, not a copy of the rest per reply.
         let start = offset as usize;
-        let rest = entries.get(start.saturating_sub(2)..).unwrap_or_default();
+        let rest = (entries.entries.get(start.saturating_sub(2)..)).unwrap_or_default();
         Ok(dots
             .into_iter()
             .skip(start)
@@ -498,9 +500,9 @@ impl LayerFs {
     /// attributes), counting one kernel reference as a lookup does.
     pub fn lookup_entry(&self, fh: u64, e: &MergedEntry) -> io::Result<Attr> {
         let h = self.dirs.get(fh)?;
-        let epoch = h.entries.lock().as_ref().map(|(epoch, _)| *epoch);
-        match epoch {
-            Some(epoch) => self.lookup_listed(&h.node, epoch, e),
+        let listing = h.entries.lock().clone();
+        match listing {
+            Some((epoch, listing)) => self.lookup_listed(&h.node, epoch, &listing.layers, e),
             None => self.lookup(h.node.ino, &e.name),
         }
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
-use crate::dirmerge::MergedEntry;
+use crate::dirmerge::Listing;
 use crate::inode::Inode;
 use crate::options::Atime;
 
@@ -89,7 +89,7 @@ impl OpenFile {
 pub struct OpenDir {
     pub node: Arc<Inode>,
     /// The listing read at offset 0, with the directory's names epoch when it was read.
-    pub entries: Mutex<Option<(u64, Arc<Vec<MergedEntry>>)>>,
+    pub entries: Mutex<Option<(u64, Arc<Listing>)>>,
 }
 
 /// Open handles of one kind, by the number handed to the kernel.

@@ -326,6 +326,12 @@ impl Inode {
         }
     }
 
+    /// Moves the names' epoch on for a change made without the names lock (a copy-up
+    /// adding the name of an object already shown).
+    pub fn names_moved_on(&self) {
+        self.names_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// The epoch of this directory's names (see [`Self::names_changing`]): read it before
     /// listing the directory, and the listing is current while it is unchanged.
     pub fn names_epoch(&self) -> u64 {

@@ -109,18 +109,15 @@ impl Layers {
     ) -> io::Result<Self> {
         let mut layers = Vec::new();
         let mut devs: HashMap<u64, u64> = HashMap::new();
+        // A filesystem's UUID, asked once per filesystem.
+        let mut uuids: HashMap<u64, Option<[u8; 16]>> = HashMap::new();
+        let slash = std::fs::File::open("/")?;
         let all = upper
             .into_iter()
             .chain(lowers.iter().map(PathBuf::as_path))
             .chain(data.iter().map(PathBuf::as_path));
         for (i, path) in all.enumerate() {
-            let root = sys::openat2(
-                std::fs::File::open("/")?.as_fd(),
-                path,
-                libc::O_PATH | libc::O_DIRECTORY,
-                0,
-                0,
-            )?;
+            let root = sys::openat2(slash.as_fd(), path, libc::O_PATH | libc::O_DIRECTORY, 0, 0)?;
             let st = sys::fstat(root.as_fd())?;
             let next = devs.len() as u64;
             let fs_index = *devs.entry(st.st_dev).or_insert(next);
@@ -128,7 +125,9 @@ impl Layers {
                 Some(o) if i == 0 && upper.is_some() => Some(o),
                 _ => OverrideXattr::detect(root.as_fd())?,
             };
-            let uuid = sys::fs_uuid(root.as_fd()).ok();
+            let uuid = *uuids
+                .entry(st.st_dev)
+                .or_insert_with(|| sys::fs_uuid(root.as_fd()).ok());
             layers.push(Layer {
                 id: i as LayerId,
                 path: path.to_path_buf(),

@@ -56,7 +56,7 @@ impl OverrideXattr {
 
     /// The kind a layer root announces, if any.
     pub fn detect(root: BorrowedFd<'_>) -> io::Result<Option<Self>> {
-        let target = XattrTarget::fd(root)?;
+        let target = XattrTarget::dir(root);
         for kind in ALL {
             match target.get(kind.name()) {
                 Ok(_) => return Ok(Some(kind)),

@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::creds::{CAP_FSETID, ProcessCreds};
 use crate::dirfds::DirFds;
+use crate::dirmerge::Presence;
 use crate::handles::{HandleTable, OpenDir, OpenFile};
 use crate::idmap::Owners;
 use crate::inode::{Ino, Inode, InodeTable, LowerAt, Place, ROOT};
@@ -448,6 +449,18 @@ impl LayerFs {
 
     /// Resolves `name` in the directory `parent` through the layers.
     pub(crate) fn resolve(&self, parent: &Inode, name: &OsStr) -> io::Result<Resolved> {
+        self.resolve_where(parent, name, None)
+    }
+
+    /// As [`Self::resolve`], passing over the layers that a current listing of `parent`
+    /// showed not to hold `name` (while the name is looked for as itself, before any
+    /// redirect moves the lookup elsewhere).
+    fn resolve_where(
+        &self,
+        parent: &Inode,
+        name: &OsStr,
+        presence: Option<Presence>,
+    ) -> io::Result<Resolved> {
         if name.len() > 255 {
             return Err(errno(libc::ENAMETOOLONG));
         }
@@ -466,6 +479,12 @@ impl LayerFs {
         while i < layers.len() {
             let lid = layers[i];
             i += 1;
+            if let Some(p) = &presence
+                && p.rules_out(lid)
+                && matches!(&at, LowerAt::Name(n) if n == name)
+            {
+                continue;
+            }
             let (dir, leaf) = match self.lookup_base(lid, parent, &at) {
                 Ok(d) => d,
                 Err(e) if is_enoent(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => continue,
@@ -614,10 +633,21 @@ impl LayerFs {
         parent: &Arc<Inode>,
         name: &OsStr,
     ) -> io::Result<(Arc<Inode>, Attr)> {
+        self.lookup_in_where(parent, name, None)
+    }
+
+    /// As [`Self::lookup_in`], passing over the layers a current listing rules out (see
+    /// [`Self::resolve_where`]).
+    pub(crate) fn lookup_in_where(
+        &self,
+        parent: &Arc<Inode>,
+        name: &OsStr,
+        presence: Option<Presence>,
+    ) -> io::Result<(Arc<Inode>, Attr)> {
         if whiteout::is_reserved_name(name) {
             return Err(errno(libc::ENOENT));
         }
-        let mut resolved = self.resolve(parent, name)?;
+        let mut resolved = self.resolve_where(parent, name, presence)?;
         if let Resolved::Found { st, place } = &resolved
             && !place.in_upper()
             && st.st_nlink > 1

@@ -98,8 +98,13 @@ fn exists(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
 }
 
 /// Is the directory `name` inside `parent` opaque, in either format?
+/// An empty `name` asks of the directory `parent` itself.
 pub fn is_opaque(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
-    let target = sys::XattrTarget::at(parent, name)?;
+    let target = if name.is_empty() {
+        sys::XattrTarget::dir(parent)
+    } else {
+        sys::XattrTarget::at(parent, name)?
+    };
     let names = [
         XattrNs::Trusted.opaque(),
         XattrNs::User.opaque(),

@@ -1,6 +1,6 @@
 //! File and directory system calls.
 
-use std::ffi::{CStr, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -413,53 +413,91 @@ pub struct RawDirent {
     pub dtype: u8,
 }
 
-/// Reads every entry of the directory `dir` (an fd opened for reading), `.` and `..` excluded.
+/// Reads every entry of the directory `dir` (any fd of it, `O_PATH` too), `.` and `..`
+/// excluded. The directory is opened again as `.` of `dir` (no path is walked) and read
+/// with getdents64 straight into one buffer.
 pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirent>> {
-    let dup = reopen_noatime(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
-    let raw = dup.as_raw_fd();
-    // SAFETY: `raw` is a directory fd we own; fdopendir takes it over (closed by closedir).
-    let dp = unsafe { libc::fdopendir(raw) };
-    if dp.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    std::mem::forget(dup);
+    let fd = openat_noatime(dir, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let mut buf = vec![0u8; 32 * 1024];
     let mut out = Vec::new();
-    let result = loop {
-        // SAFETY: errno is thread-local; resetting it distinguishes end-of-stream from errors.
-        unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: `dp` is a valid DIR* until closedir below.
-        let ent = unsafe { libc::readdir64(dp) };
-        if ent.is_null() {
-            let e = io::Error::last_os_error();
-            break if e.raw_os_error().unwrap_or(0) == 0 {
-                Ok(())
-            } else {
-                Err(e)
-            };
+    loop {
+        // SAFETY: `buf` is writable for its length; `fd` is an open directory we own.
+        let n = check_size(unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        } as libc::ssize_t)?;
+        if n == 0 {
+            return Ok(out);
         }
-        // SAFETY: readdir64 returned a valid entry whose d_name is NUL-terminated.
-        let (name, ino, dtype) = unsafe {
-            let e = &*ent;
-            (CStr::from_ptr(e.d_name.as_ptr()), e.d_ino, e.d_type)
+        parse_dirents(&buf[..n], &mut out);
+    }
+}
+
+/// Appends the entries of one getdents64 result (`struct linux_dirent64` records: d_ino
+/// u64, d_off i64, d_reclen u16, d_type u8, then the NUL-terminated name).
+fn parse_dirents(mut buf: &[u8], out: &mut Vec<RawDirent>) {
+    const NAME: usize = 19;
+    while buf.len() >= NAME {
+        let ino = u64::from_ne_bytes(buf[0..8].try_into().expect("8 bytes"));
+        let reclen = usize::from(u16::from_ne_bytes(buf[16..18].try_into().expect("2 bytes")));
+        let dtype = buf[18];
+        let Some(rec) = buf.get(..reclen).filter(|_| reclen > NAME) else {
+            return;
         };
-        let bytes = name.to_bytes();
-        if bytes == b"." || bytes == b".." {
-            continue;
+        let name = &rec[NAME..];
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        if name != b"." && name != b".." {
+            out.push(RawDirent {
+                name: OsStr::from_bytes(name).to_os_string(),
+                ino,
+                dtype,
+            });
         }
-        out.push(RawDirent {
-            name: OsStr::from_bytes(bytes).to_os_string(),
-            ino,
-            dtype,
-        });
-    };
-    // SAFETY: `dp` came from fdopendir and is closed exactly once.
-    unsafe { libc::closedir(dp) };
-    result.map(|()| out)
+        buf = &buf[reclen..];
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every entry but `.` and `..`, with its type, also when the listing takes more than
+    /// one getdents64 buffer, and through an `O_PATH` fd.
+    #[test]
+    fn read_dir_lists_everything_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut want: Vec<String> = (0..3000).map(|i| format!("{i:0>200}")).collect();
+        for n in &want {
+            std::fs::write(dir.path().join(n), "").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        want.push("sub".into());
+        want.sort();
+        let root = openat(
+            std::fs::File::open("/").unwrap().as_fd(),
+            dir.path().strip_prefix("/").unwrap().as_os_str(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .unwrap();
+        let got = read_dir(root.as_fd()).unwrap();
+        let mut names: Vec<String> = got
+            .iter()
+            .map(|e| e.name.to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, want);
+        let sub = got.iter().find(|e| e.name == "sub").unwrap();
+        assert_eq!(sub.dtype, libc::DT_DIR);
+        let ino = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(dir.path().join("sub")).unwrap(),
+        );
+        assert_eq!(sub.ino, ino);
+    }
 
     /// chmod by name with fchmodat2 and with the `/proc` fallback (kernels before 6.6):
     /// the same modes, and a symlink is refused, not followed.
@@ -555,6 +593,7 @@ pub fn open_by_handle_at(mount_fd: BorrowedFd<'_>, handle: &FileHandle) -> io::R
 }
 
 /// The UUID of the filesystem `fd` is on (FS_IOC_GETFSUUID); all zeros where it has none.
+/// A directory is opened as its `.`, anything else through `/proc`.
 pub fn fs_uuid(fd: BorrowedFd<'_>) -> io::Result<[u8; 16]> {
     #[repr(C)]
     struct FsUuid2 {
@@ -566,7 +605,10 @@ pub fn fs_uuid(fd: BorrowedFd<'_>) -> io::Result<[u8; 16]> {
         len: 0,
         uuid: [0; 16],
     };
-    let fd = reopen(fd, libc::O_RDONLY)?;
+    let fd = match openat(fd, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => reopen(fd, libc::O_RDONLY)?,
+        r => r?,
+    };
     // SAFETY: FS_IOC_GETFSUUID fills a `struct fsuuid2` (a length byte and 16 bytes).
     check(unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GETFSUUID, &mut u) })?;
     let mut out = [0; 16];

@@ -56,6 +56,15 @@ impl<'a> XattrTarget<'a> {
         })
     }
 
+    /// The directory `dir` itself, reached as its `.` (one `*xattrat` call, where
+    /// [`Self::fd`] of an `O_PATH` fd goes through `/proc`).
+    pub fn dir(dir: BorrowedFd<'a>) -> Self {
+        XattrTarget {
+            dir,
+            name: Some(c".".to_owned()),
+        }
+    }
+
     pub fn fd(fd: BorrowedFd<'a>) -> io::Result<Self> {
         Ok(XattrTarget {
             dir: fd,
