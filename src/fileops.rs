@@ -485,7 +485,10 @@ impl LayerFs {
         // One reply's worth at most (a FUSE readdir buffer holds far fewer than this), so
         // listing a huge directory costs linear time, not a copy of the rest per reply.
         let start = offset as usize;
-        let rest = entries.entries.get(start.saturating_sub(2)..).unwrap_or_default();
+        let rest = entries
+            .entries
+            .get(start.saturating_sub(2)..)
+            .unwrap_or_default();
         Ok(dots
             .into_iter()
             .skip(start)

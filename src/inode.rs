@@ -229,6 +229,26 @@ fn next_serial() -> u64 {
 }
 
 impl Inode {
+    /// A new inode of type `kind` at `place`, with `lookups` kernel references.
+    fn new(ino: Ino, kind: u32, lookups: u64, place: Place) -> Inode {
+        Inode {
+            ino,
+            serial: next_serial(),
+            kind: AtomicU32::new(kind),
+            generation: AtomicU64::new(0),
+            lookups: AtomicU64::new(lookups),
+            copied_up: AtomicBool::new(place.in_upper()),
+            place: RwLock::new(place),
+            copy_lock: Mutex::new(()),
+            pinned: AtomicBool::new(false),
+            names: RwLock::new(()),
+            names_epoch: AtomicU64::new(0),
+            atime_ctime: Mutex::new(None),
+            io: Mutex::new(IoModes::default()),
+            io_ended: Condvar::new(),
+        }
+    }
+
     pub fn place(&self) -> Place {
         self.place.read().clone()
     }
@@ -556,26 +576,7 @@ impl InodeTable {
     /// A table holding only the root.
     pub fn new(root: Place) -> Self {
         let map = DashMap::new();
-        let upper = root.upper;
-        map.insert(
-            ROOT,
-            Arc::new(Inode {
-                ino: ROOT,
-                serial: next_serial(),
-                kind: AtomicU32::new(libc::S_IFDIR),
-                generation: AtomicU64::new(0),
-                lookups: AtomicU64::new(1),
-                place: RwLock::new(root),
-                copied_up: AtomicBool::new(upper),
-                copy_lock: Mutex::new(()),
-                pinned: AtomicBool::new(false),
-                names: RwLock::new(()),
-                names_epoch: AtomicU64::new(0),
-                atime_ctime: Mutex::new(None),
-                io: Mutex::new(IoModes::default()),
-                io_ended: Condvar::new(),
-            }),
-        );
+        map.insert(ROOT, Arc::new(Inode::new(ROOT, libc::S_IFDIR, 1, root)));
         InodeTable { map }
     }
 
@@ -589,31 +590,21 @@ impl InodeTable {
     /// Records one more kernel reference to `ino` found at `place`, creating the inode or
     /// refreshing where it lives.
     pub fn remember(&self, ino: Ino, kind: u32, place: Place) -> Arc<Inode> {
-        let entry = self.map.entry(ino).or_insert_with(|| {
-            Arc::new(Inode {
-                ino,
-                serial: next_serial(),
-                kind: AtomicU32::new(kind),
-                generation: AtomicU64::new(0),
-                lookups: AtomicU64::new(0),
-                place: RwLock::new(place.clone()),
-                copied_up: AtomicBool::new(place.in_upper()),
-                copy_lock: Mutex::new(()),
-                pinned: AtomicBool::new(false),
-                names: RwLock::new(()),
-                names_epoch: AtomicU64::new(0),
-                atime_ctime: Mutex::new(None),
-                io: Mutex::new(IoModes::default()),
-                io_ended: Condvar::new(),
-            })
-        });
+        // Moved into a new inode, or left for the one already there.
+        let mut place = Some(place);
+        let entry = self
+            .map
+            .entry(ino)
+            .or_insert_with(|| Arc::new(Inode::new(ino, kind, 0, place.take().expect("unused"))));
         let inode = Arc::clone(&entry);
         inode.lookups.fetch_add(1, Ordering::AcqRel);
         drop(entry);
-        if inode.kind() != kind || inode.place.read().deleted {
-            inode.reincarnate(kind, place);
-        } else {
-            inode.refresh(place);
+        if let Some(place) = place {
+            if inode.kind() != kind || inode.place.read().deleted {
+                inode.reincarnate(kind, place);
+            } else {
+                inode.refresh(place);
+            }
         }
         inode
     }
@@ -624,23 +615,7 @@ impl InodeTable {
         if let Ok(i) = self.get(ino) {
             return i;
         }
-        let upper = place.in_upper();
-        Arc::new(Inode {
-            ino,
-            serial: next_serial(),
-            kind: AtomicU32::new(kind),
-            generation: AtomicU64::new(0),
-            lookups: AtomicU64::new(0),
-            place: RwLock::new(place),
-            copied_up: AtomicBool::new(upper),
-            copy_lock: Mutex::new(()),
-            pinned: AtomicBool::new(false),
-            names: RwLock::new(()),
-            names_epoch: AtomicU64::new(0),
-            atime_ctime: Mutex::new(None),
-            io: Mutex::new(IoModes::default()),
-            io_ended: Condvar::new(),
-        })
+        Arc::new(Inode::new(ino, kind, 0, place))
     }
 
     /// Drops `n` kernel references; the inode leaves the table at zero (the root never does)

@@ -57,7 +57,16 @@ impl OverrideXattr {
     /// The kind a layer root announces, if any.
     pub fn detect(root: BorrowedFd<'_>) -> io::Result<Option<Self>> {
         let target = XattrTarget::dir(root);
-        for kind in ALL {
+        // One listing of the names rather than a read of each kind.
+        let present = match target.list() {
+            Ok(p) => p,
+            Err(e) if sys::xattr_absent(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for kind in ALL
+            .into_iter()
+            .filter(|k| present.iter().any(|p| p == k.name()))
+        {
             match target.get(kind.name()) {
                 Ok(_) => return Ok(Some(kind)),
                 Err(e) if sys::xattr_absent(&e) => {}

@@ -110,7 +110,14 @@ pub fn is_opaque(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
         XattrNs::User.opaque(),
         OsStr::new(FUSE_OVERLAYFS_OPAQUE),
     ];
-    for xattr in names {
+    // One listing of the names, then a read of each marker that is there: most
+    // directories carry none.
+    let present = match target.list() {
+        Ok(p) => p,
+        Err(e) if ignorable_xattr_error(&e) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for xattr in names.into_iter().filter(|x| present.iter().any(|p| p == x)) {
         match target.get(xattr) {
             Ok(v) if v == b"y" => return Ok(true),
             Ok(_) => {}
