@@ -3,26 +3,13 @@
 //! from two layers.
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use layerfs::layers::Layers;
-use layerfs::workdir::WorkDir;
-use layerfs::{FsConfig, LayerFs};
+use layerfs::LayerFs;
 
 /// A union of `n` lower layers under an empty upper, in `root`.
 fn union(root: &std::path::Path, n: usize, fill: impl Fn(usize, &std::path::Path)) -> LayerFs {
-    let lowers: Vec<PathBuf> = (0..n).map(|i| root.join(format!("l{i}"))).collect();
-    for (i, l) in lowers.iter().enumerate() {
-        std::fs::create_dir(l).unwrap();
-        fill(i, l);
-    }
-    let (upper, work) = (root.join("u"), root.join("w"));
-    std::fs::create_dir(&upper).unwrap();
-    std::fs::create_dir(&work).unwrap();
-    let layers = Layers::open(Some(&upper), &lowers, &[], None).unwrap();
-    let work = WorkDir::open(&work).unwrap();
-    LayerFs::new(layers, Some(work), FsConfig::default()).unwrap()
+    layerfs::scratch::union_in(root, n, fill).unwrap()
 }
 
 fn bench_lookup(c: &mut Criterion) {

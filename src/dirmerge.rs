@@ -388,19 +388,8 @@ mod tests {
         );
     }
 
-    /// A union over lower layers made by `fill(i, dir)`, under an empty upper.
     fn union(root: &std::path::Path, n: usize, fill: impl Fn(usize, &std::path::Path)) -> LayerFs {
-        let lowers: Vec<std::path::PathBuf> = (0..n).map(|i| root.join(format!("l{i}"))).collect();
-        for (i, l) in lowers.iter().enumerate() {
-            std::fs::create_dir(l).unwrap();
-            fill(i, l);
-        }
-        let (upper, work) = (root.join("u"), root.join("w"));
-        std::fs::create_dir(&upper).unwrap();
-        std::fs::create_dir(&work).unwrap();
-        let layers = crate::layers::Layers::open(Some(&upper), &lowers, &[], None).unwrap();
-        let work = crate::workdir::WorkDir::open(&work).unwrap();
-        LayerFs::new(layers, Some(work), crate::union::FsConfig::default()).unwrap()
+        crate::scratch::union_in(root, n, fill).unwrap()
     }
 
     fn listed_names(fs: &LayerFs, dir: Ino) -> Vec<String> {

@@ -26,6 +26,7 @@ pub mod origin;
 pub mod privs;
 pub mod redirect;
 pub mod rename;
+pub mod scratch;
 pub mod setup;
 pub mod statoverride;
 pub mod sys;
