@@ -32,7 +32,7 @@ pub struct MergedEntry {
 }
 
 /// A merged listing and the layers it was read from.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Listing {
     pub entries: Vec<MergedEntry>,
     /// The layers whose directory was read (a lower missing at the time was not).
