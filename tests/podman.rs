@@ -340,7 +340,14 @@ fn containers_on_layerfs() {
         script,
     ]);
     assert_eq!(out, "base\ndel2\ndir2\nfile\nnew\nbase\nmore\nin dir\nn\n");
-    let mut diff: Vec<String> = p.ok(&["diff", "c1"]).lines().map(String::from).collect();
+    // `container diff`, not `diff`: `podman diff` looks the name up as an image first, and
+    // "c1" is a hex prefix that matches the image's ID once in 256 imports (its whole tree
+    // then shows as added).
+    let mut diff: Vec<String> = p
+        .ok(&["container", "diff", "c1"])
+        .lines()
+        .map(String::from)
+        .collect();
     diff.sort();
     for want in [
         "A /data/del2",
@@ -496,7 +503,11 @@ fn non_root_user_session(p: &Podman) -> Vec<String> {
         String::from_utf8_lossy(&run.stdout).into_owned(),
         String::from_utf8_lossy(&run.stderr).into_owned(),
     ];
-    let mut diff: Vec<String> = p.ok(&["diff", "u1"]).lines().map(String::from).collect();
+    let mut diff: Vec<String> = p
+        .ok(&["container", "diff", "u1"])
+        .lines()
+        .map(String::from)
+        .collect();
     diff.sort();
     seen.push(diff.join(","));
     p.ok(&["commit", "-q", "u1", "localhost/lfs-user:2"]);
@@ -585,7 +596,7 @@ fn rootless_podman_on_layerfs() {
         "echo more >> /data/file && rm /data/del && cat /data/file && id -u",
     ]);
     assert_eq!(out, "base\nmore\n0\n");
-    let diff = p.ok(&["diff", "r1"]);
+    let diff = p.ok(&["container", "diff", "r1"]);
     assert!(
         diff.contains("C /data/file") && diff.contains("D /data/del"),
         "{diff}"
