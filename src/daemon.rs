@@ -8,10 +8,11 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
-use crate::fuse::{Backings, FuseFs, Notifications};
+use crate::fuse::{Backings, FuseFs, Notifications, Served, Transport, serve_uring};
 use crate::options::{Access, Atime, MountFlags, MountSpec, UsageError};
 use crate::setup::{self, Prepared, plain};
 use crate::sys;
@@ -197,21 +198,20 @@ fn serve(
         log::warn!("cannot block signals: {e}");
     }
     let kernel = fs.kernel_slot();
+    let served = Arc::new(FuseFs(
+        fs,
+        spec.timeout,
+        Backings::default(),
+        Transport::new(spec.uring),
+    ));
     let started = match mounter {
-        Mounter::Fd(dev_fuse) => Session::from_fd(
-            FuseFs(fs, spec.timeout, Backings::default()),
-            dev_fuse,
-            acl,
-            config,
-        ),
+        Mounter::Fd(dev_fuse) => {
+            Session::from_fd(Served(Arc::clone(&served)), dev_fuse, acl, config)
+        }
         Mounter::Fusermount => {
             config.mount_options = fusermount_options(spec, flags);
             config.acl = acl;
-            Session::new(
-                FuseFs(fs, spec.timeout, Backings::default()),
-                &mountpoint,
-                &config,
-            )
+            Session::new(Served(Arc::clone(&served)), &mountpoint, &config)
         }
     };
     let session = match started {
@@ -224,6 +224,18 @@ fn serve(
         }
     };
     let _ = kernel.set(Box::new(Notifications(session.notifier())));
+    if served.3.uring_on() {
+        // Each CPU's queue gets its share of the event-loop threads, at least two, so a
+        // slow request (a copy-up, an fsync) does not hold up that CPU's others.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_cpu = spec.threads.div_ceil(cpus).max(2);
+        if let Err(e) = serve_uring(Arc::clone(&served), session.as_fd(), per_cpu) {
+            let msg = format!("cannot start the io_uring queues: {}", plain(&e));
+            tell(ready, &msg);
+            let _ = sys::umount(&mountpoint, true);
+            return fail(msg);
+        }
+    }
     spawn_signal_thread(mountpoint.clone(), sync_on_signal);
     let detached = ready.is_some();
     tell(ready, "ok");

@@ -70,6 +70,9 @@ pub struct MountSpec {
     pub volatile: bool,
     pub fsync: bool,
     pub threads: usize,
+    /// `uring=on`: requests come over io_uring queues, one per CPU, where the kernel offers
+    /// FUSE over io_uring (the fuse module's `enable_uring`); else through /dev/fuse.
+    pub uring: bool,
     /// Owner mapping and squashing.
     pub owners: Owners,
     /// How long the kernel caches entries and attributes (`timeout=`, seconds).
@@ -242,6 +245,7 @@ impl MountSpec {
             volatile: false,
             fsync: true,
             threads: DEFAULT_THREADS,
+            uring: false,
             owners: Owners::default(),
             timeout: DEFAULT_TIMEOUT,
             xattrs: true,
@@ -391,6 +395,11 @@ impl MountSpec {
                     _ => return usage(format!("option 'threads' takes 1 to 64, not '{v}'")),
                 }
             }
+            "uring" => match text(value)?.as_str() {
+                "on" | "1" => self.uring = true,
+                "off" | "0" => self.uring = false,
+                v => return usage(format!("option 'uring' takes on or off, not '{v}'")),
+            },
             "threaded" => match text(value)?.as_str() {
                 "0" => self.threads = 1,
                 "1" => self.threads = self.threads.max(DEFAULT_THREADS),

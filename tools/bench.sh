@@ -12,7 +12,9 @@
 # BASE_LAYERFS=PATH adds a target "layerfs-base" run by another layerfs binary (an older
 # build), for before/after figures from one interleaved run. "layerfs-nopassthrough" is
 # layerfs with passthrough=off (the path rootless engines get); "layerfs-all" is
-# passthrough=all (read-only opens of lower files passed through too).
+# passthrough=all (read-only opens of lower files passed through too); "layerfs-uring" is
+# uring=on (requests over FUSE-over-io_uring queues; the fuse module's enable_uring is
+# turned on for the run where it can be).
 # --rootless adds the same targets run as root of a user namespace (tools/userns.py), as
 # rootless engines run them: kernel overlayfs with userxattr, and the FUSE overlays
 # without passthrough, which the kernel refuses there. Their ratios are to
@@ -39,8 +41,10 @@ command -v fio >/dev/null || { echo "bench.sh: needs fio (apt-get install fio)" 
 LAYERFS=$ROOT/target/release/layerfs
 [ -x "$LAYERFS" ] || cargo build --release --quiet
 FOV2=${FOV2:-$HOME/.cache/layerfs-bench/bin/fuse-overlayfs}
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
 if [ -z "$TARGETS" ]; then
   TARGETS="native kernel layerfs layerfs-all layerfs-nopassthrough"
+  [ -w "$URING_PARAM" ] && TARGETS="$TARGETS layerfs-uring"
   command -v fuse-overlayfs >/dev/null && TARGETS="$TARGETS fuse-overlayfs-1"
   [ -x "$FOV2" ] && TARGETS="$TARGETS fuse-overlayfs-2"
   [ -n "${BASE_LAYERFS:-}" ] && TARGETS="$TARGETS layerfs-base"
@@ -65,8 +69,18 @@ fi
 RESULTS=$W/results.tsv
 MNT=$W/mnt
 L1=$W/lower1 L2=$W/lower2 MANY=$W/many
-cleanup() { umount -l "$MNT" 2>/dev/null || true; }
+URING_WAS=""
+cleanup() {
+  umount -l "$MNT" 2>/dev/null || true
+  [ -z "$URING_WAS" ] || echo "$URING_WAS" > "$URING_PARAM"
+}
 trap cleanup EXIT
+# layerfs-uring (uring=on) needs the fuse module's enable_uring: on for the run, put back
+# after.
+case " $TARGETS " in
+  *" layerfs-uring "*)
+    if [ -z "$INNER" ]; then URING_WAS=$(cat "$URING_PARAM") && echo Y > "$URING_PARAM"; fi ;;
+esac
 
 build_layers() {
 : > "$RESULTS"
@@ -114,6 +128,7 @@ mount_target() {
     layerfs-base) "$BASE_LAYERFS" -o "$o" "$MNT" ;;
     layerfs-nopassthrough) "$LAYERFS" -o "$o,passthrough=off" "$MNT" ;;
     layerfs-all) "$LAYERFS" -o "$o,passthrough=all" "$MNT" ;;
+    layerfs-uring) "$LAYERFS" -o "$o,uring=on" "$MNT" ;;
     fuse-overlayfs-1*) fuse-overlayfs -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" 2>/dev/null ;;
     fuse-overlayfs-2*) "$FOV2" -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$MNT" 2>/dev/null ;;
   esac
@@ -209,6 +224,7 @@ page_cache() {
       layerfs-base) "$BASE_LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" ;;
       layerfs-nopassthrough) "$LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" -o passthrough=off ;;
       layerfs-all) "$LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" -o passthrough=all ;;
+      layerfs-uring) "$LAYERFS" mount "$L1:$L2" "$W/pcu$i" "$m" --workdir "$W/pcw$i" -o uring=on ;;
       fuse-overlayfs-1*) fuse-overlayfs -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i" "$m" 2>/dev/null ;;
       fuse-overlayfs-2*) "$FOV2" -o "lowerdir=$L1:$L2,upperdir=$W/pcu$i,workdir=$W/pcw$i" "$m" 2>/dev/null ;;
     esac

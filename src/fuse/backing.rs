@@ -1,8 +1,9 @@
-//! Backing files of passthrough handles: one fuser `BackingId` per inode, shared by its
-//! passthrough handles and closed with the last.
+//! Backing files of passthrough handles: one per inode, shared by its passthrough
+//! handles and closed with the last.
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use fuser::BackingId;
@@ -11,12 +12,31 @@ use parking_lot::Mutex;
 use super::FuseFs;
 use crate::fileops::Opened;
 
-/// The kernel's backing files of passthrough handles: one `BackingId` per inode, shared by
-/// all its passthrough handles and closed with the last of them (the kernel wants one
-/// backing file per inode).
+/// A backing file registered with the kernel, closed when dropped.
+#[derive(Debug)]
+pub enum Backing {
+    /// Registered through a reply of fuser's /dev/fuse loop.
+    Fuser(BackingId),
+    /// Registered for the io_uring transport: the id and the FUSE device it belongs to.
+    Raw { id: u32, dev: Arc<OwnedFd> },
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        if let Backing::Raw { id, dev } = self
+            && let Err(e) = crate::sys::uring::backing_close(dev.as_fd(), *id)
+        {
+            log::debug!("closing backing file {id}: {e}");
+        }
+    }
+}
+
+/// The kernel's backing files of passthrough handles: one per inode, shared by all its
+/// passthrough handles and closed with the last of them (the kernel wants one backing
+/// file per inode).
 #[derive(Default)]
 pub struct Backings {
-    by_ino: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
+    by_ino: Mutex<HashMap<u64, (Arc<Backing>, usize)>>,
     /// The inode of each passthrough handle.
     by_fh: Mutex<HashMap<u64, u64>>,
 }
@@ -28,8 +48,8 @@ impl Backings {
         &self,
         ino: u64,
         fh: u64,
-        register: impl FnOnce() -> io::Result<BackingId>,
-    ) -> io::Result<Arc<BackingId>> {
+        register: impl FnOnce() -> io::Result<Backing>,
+    ) -> io::Result<Arc<Backing>> {
         let existing = self.by_ino.lock().get_mut(&ino).map(|(id, n)| {
             *n += 1;
             Arc::clone(id)
@@ -72,8 +92,8 @@ impl FuseFs {
         &self,
         ino: u64,
         opened: Opened,
-        register: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
+        register: impl FnOnce(&std::fs::File) -> io::Result<Backing>,
+    ) -> Option<Arc<Backing>> {
         if !opened.passthrough {
             return None;
         }

@@ -7,6 +7,8 @@ use log::debug;
 use crate::options::Atime;
 use crate::union::{KernelCache, LayerFs};
 
+use super::FuseFs;
+
 /// The kernel's caches as the core sees them: FUSE notifications.
 pub struct Notifications(pub Notifier);
 
@@ -44,9 +46,14 @@ pub(super) fn opendir_flags(fs: &LayerFs) -> FopenFlags {
     }
 }
 
+/// `FUSE_OVER_IO_URING`, which fuser 0.18 has no name for.
+const OVER_IO_URING: u64 = 1 << 41;
+
 /// Negotiates with the kernel at FUSE init: the capabilities below, then passthrough if
-/// the mount wants it, else the writeback cache (the two exclude each other).
-pub(super) fn negotiate(fs: &LayerFs, config: &mut KernelConfig) {
+/// the mount wants it, else the writeback cache (the two exclude each other), then
+/// io_uring if the mount wants it.
+pub(super) fn negotiate(ffs: &FuseFs, config: &mut KernelConfig) {
+    let fs = &ffs.0;
     for (flag, why) in wanted_capabilities(fs) {
         match config.add_capabilities(flag) {
             Ok(()) => debug!("negotiated {flag:?}: {why}"),
@@ -79,6 +86,29 @@ pub(super) fn negotiate(fs: &LayerFs, config: &mut KernelConfig) {
             }
             Err(_) => log::warn!("the kernel does not offer the writeback cache"),
         }
+    }
+    if ffs.3.wanted {
+        negotiate_uring(ffs, config);
+    }
+}
+
+/// FUSE over io_uring, if the kernel offers it and io_uring can be set up here: asked for
+/// only then, as the kernel holds every request after INIT until the queues are
+/// registered. Writes are capped at the payload of a ring entry (the kernel's own cap,
+/// max_pages, is the same 1 MiB by default).
+fn negotiate_uring(ffs: &FuseFs, config: &mut KernelConfig) {
+    let flag = InitFlags::from_bits_retain(OVER_IO_URING);
+    if let Err(e) = crate::sys::uring::probe() {
+        log::warn!("io_uring cannot be set up here ({e}): requests go through /dev/fuse");
+    } else if config.add_capabilities(flag).is_err() {
+        log::warn!(
+            "the kernel does not offer FUSE over io_uring (the fuse module's enable_uring \
+             parameter is off): requests go through /dev/fuse"
+        );
+    } else {
+        let _ = config.set_max_write(super::ring::PAYLOAD_LEN as u32);
+        ffs.3.set_uring();
+        debug!("negotiated FUSE over io_uring");
     }
 }
 

@@ -6,17 +6,21 @@
 mod attrs;
 mod backing;
 mod kernel;
+mod ops;
+mod ring;
+mod wire;
 
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use log::debug;
 
@@ -25,14 +29,45 @@ use crate::namespace::NewObject;
 use crate::union::{Attr, Caller, LayerFs};
 
 use attrs::{decode_dev, dot_entry, file_attr, file_type, negative_entry, set_time};
+use backing::Backing;
 pub use backing::Backings;
 pub use kernel::Notifications;
-use kernel::open_flags;
+use ops::{Answer, Xattr};
+pub use ring::serve_uring;
 
 /// A `LayerFs` served over FUSE, with how long the kernel may cache entries and
-/// attributes (every change goes through the daemon, so the cache stays coherent), and the
-/// backing files of passthrough handles.
-pub struct FuseFs(pub LayerFs, pub Duration, pub Backings);
+/// attributes (every change goes through the daemon, so the cache stays coherent), the
+/// backing files of passthrough handles, and how requests arrive.
+pub struct FuseFs(pub LayerFs, pub Duration, pub Backings, pub Transport);
+
+/// How requests reach the daemon: always fuser's /dev/fuse loop (INIT, forgets,
+/// interrupts, and everything when io_uring is off), and the io_uring queues if the mount
+/// asks for them and the kernel offers them (decided at FUSE init).
+#[derive(Default)]
+pub struct Transport {
+    /// `uring=on`.
+    pub wanted: bool,
+    on: std::sync::atomic::AtomicBool,
+}
+
+impl Transport {
+    pub fn new(wanted: bool) -> Self {
+        Transport {
+            wanted,
+            ..Default::default()
+        }
+    }
+
+    /// Whether io_uring was negotiated: the queues must then be started (the kernel holds
+    /// requests until they are).
+    pub fn uring_on(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_uring(&self) {
+        self.on.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
 
 thread_local! {
     /// Each event-loop thread's read buffer, reused so a read neither allocates nor zeroes.
@@ -91,84 +126,86 @@ fn caller(req: &Request, umask: u32) -> Caller {
     }
 }
 
-fn reply_entry(op: &str, r: io::Result<Attr>, ttl: Duration, reply: ReplyEntry) {
+fn reply_entry(fs: &FuseFs, r: Answer<Attr>, reply: ReplyEntry) {
     match r {
-        Ok(a) if a.uncached_name => reply.entry_with_ttls(
-            &ttl,
-            &Duration::ZERO,
+        Ok(a) => reply.entry_with_ttls(
+            &fs.1,
+            &fs.entry_ttl(&a),
             &file_attr(&a),
             Generation(a.generation),
         ),
-        Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
-        Err(e) => reply.error(errno(op, e)),
+        Err(e) => reply.error(e),
     }
 }
 
-fn reply_empty(op: &str, r: io::Result<()>, reply: ReplyEmpty) {
+fn reply_empty(r: Answer<()>, reply: ReplyEmpty) {
     match r {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(op, e)),
+        Err(e) => reply.error(e),
     }
 }
 
-fn reply_xattr(op: &str, r: io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
+fn reply_attr(fs: &FuseFs, r: Answer<Attr>, reply: ReplyAttr) {
     match r {
-        Ok(v) if size == 0 => reply.size(v.len() as u32),
-        Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
-        Ok(v) => reply.data(&v),
-        Err(e) => reply.error(errno(op, e)),
+        Ok(a) => reply.attr(&fs.1, &file_attr(&a)),
+        Err(e) => reply.error(e),
     }
 }
 
-impl FuseFs {
-    /// Creates `obj` as `name` in `parent` for the caller of `req` (with its `umask`).
-    fn create_as(
-        &self,
-        req: &Request,
-        umask: u32,
-        parent: INodeNo,
-        name: &OsStr,
-        obj: NewObject<'_>,
-    ) -> io::Result<Attr> {
-        guard(|| {
-            self.0
-                .create_object(parent.0, name, obj, caller(req, umask))
-        })
+fn reply_xattr(r: Answer<Xattr>, reply: ReplyXattr) {
+    match r {
+        Ok(Xattr::Size(n)) => reply.size(n),
+        Ok(Xattr::Data(v)) => reply.data(&v),
+        Err(e) => reply.error(e),
     }
 }
 
-impl Filesystem for FuseFs {
+/// A backing file registered through one of fuser's open or create replies.
+fn fuser_backing(
+    open: impl FnOnce(&std::fs::File) -> io::Result<fuser::BackingId>,
+) -> impl FnOnce(&std::fs::File) -> io::Result<Backing> {
+    move |f| open(f).map(Backing::Fuser)
+}
+
+/// The fuser id of a backing file this loop registered. (Under io_uring, opens never
+/// reach this loop: the kernel holds requests until the queues are registered.)
+fn fuser_id(b: &Backing) -> Option<&fuser::BackingId> {
+    match b {
+        Backing::Fuser(id) => Some(id),
+        Backing::Raw { .. } => {
+            log::error!("BUG: an io_uring backing file in an open served over /dev/fuse");
+            None
+        }
+    }
+}
+
+/// The `FuseFs` served by fuser's /dev/fuse loop (and shared with the io_uring queues).
+pub struct Served(pub Arc<FuseFs>);
+
+impl Filesystem for Served {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         kernel::negotiate(&self.0, config);
         Ok(())
     }
 
     fn destroy(&mut self) {
-        self.0.shutdown();
+        self.0.0.shutdown();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        debug!("lookup {} {name:?}", parent.0);
-        match guard(|| self.0.lookup(parent.0, name)) {
-            // A miss is cached too (node 0 with a timeout: a negative entry), as the names a
-            // miss is about only appear through this mount (ld.so and $PATH probing).
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                reply.entry(&self.1, &negative_entry(), Generation(0))
-            }
-            r => reply_entry("lookup", r, self.1, reply),
+        match self.0.op_lookup(parent.0, name) {
+            Ok(None) => reply.entry(&self.0.1, &negative_entry(), Generation(0)),
+            Ok(Some(a)) => reply_entry(&self.0, Ok(a), reply),
+            Err(e) => reply.error(e),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.0.forget(ino.0, nlookup);
+        self.0.0.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        debug!("getattr {}", ino.0);
-        match guard(|| self.0.getattr(ino.0, fh.map(|f| f.0))) {
-            Ok(a) => reply.attr(&self.1, &file_attr(&a)),
-            Err(e) => reply.error(errno("getattr", e)),
-        }
+        reply_attr(&self.0, self.0.op_getattr(ino.0, fh.map(|f| f.0)), reply);
     }
 
     fn setattr(
@@ -189,10 +226,6 @@ impl Filesystem for FuseFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        debug!(
-            "setattr {} mode={mode:?} uid={uid:?} gid={gid:?} size={size:?}",
-            ino.0
-        );
         let change = SetAttr {
             mode,
             uid,
@@ -203,17 +236,13 @@ impl Filesystem for FuseFs {
             fh: fh.map(|f| f.0),
             by: Some(caller(req, 0)),
         };
-        match guard(|| self.0.setattr(ino.0, change)) {
-            Ok(a) => reply.attr(&self.1, &file_attr(&a)),
-            Err(e) => reply.error(errno("setattr", e)),
-        }
+        reply_attr(&self.0, self.0.op_setattr(ino.0, change), reply);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        debug!("readlink {}", ino.0);
-        match guard(|| self.0.readlink(ino.0)) {
+        match self.0.op_readlink(ino.0) {
             Ok(t) => reply.data(t.as_encoded_bytes()),
-            Err(e) => reply.error(errno("readlink", e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -227,13 +256,14 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        debug!("mknod {} {name:?} {mode:o}", parent.0);
         let obj = NewObject::Node {
             mode,
             rdev: decode_dev(rdev),
         };
-        let r = self.create_as(req, umask, parent, name, obj);
-        reply_entry("mknod", r, self.1, reply);
+        let r = self
+            .0
+            .op_make("mknod", caller(req, umask), parent.0, name, obj);
+        reply_entry(&self.0, r, reply);
     }
 
     fn mkdir(
@@ -245,19 +275,19 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        debug!("mkdir {} {name:?} {mode:o}", parent.0);
-        let r = self.create_as(req, umask, parent, name, NewObject::Dir { mode });
-        reply_entry("mkdir", r, self.1, reply);
+        let obj = NewObject::Dir { mode };
+        let r = self
+            .0
+            .op_make("mkdir", caller(req, umask), parent.0, name, obj);
+        reply_entry(&self.0, r, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        debug!("unlink {} {name:?}", parent.0);
-        reply_empty("unlink", guard(|| self.0.unlink(parent.0, name)), reply);
+        reply_empty(self.0.op_unlink(parent.0, name), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        debug!("rmdir {} {name:?}", parent.0);
-        reply_empty("rmdir", guard(|| self.0.rmdir(parent.0, name)), reply);
+        reply_empty(self.0.op_rmdir(parent.0, name), reply);
     }
 
     fn symlink(
@@ -268,12 +298,13 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        debug!("symlink {} {link_name:?} -> {target:?}", parent.0);
         let obj = NewObject::Symlink {
             target: target.as_os_str(),
         };
-        let r = self.create_as(req, 0, parent, link_name, obj);
-        reply_entry("symlink", r, self.1, reply);
+        let r = self
+            .0
+            .op_make("symlink", caller(req, 0), parent.0, link_name, obj);
+        reply_entry(&self.0, r, reply);
     }
 
     fn rename(
@@ -286,15 +317,10 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        debug!(
-            "rename {} {name:?} -> {} {newname:?} {flags}",
-            parent.0, newparent.0
-        );
-        let r = guard(|| {
-            self.0
-                .rename(parent.0, name, newparent.0, newname, flags.bits())
-        });
-        reply_empty("rename", r, reply);
+        let r = self
+            .0
+            .op_rename(parent.0, name, newparent.0, newname, flags.bits());
+        reply_empty(r, reply);
     }
 
     fn link(
@@ -305,36 +331,25 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        debug!("link {} -> {} {newname:?}", ino.0, newparent.0);
-        reply_entry(
-            "link",
-            guard(|| self.0.link(ino.0, newparent.0, newname)),
-            self.1,
-            reply,
-        );
+        reply_entry(&self.0, self.0.op_link(ino.0, newparent.0, newname), reply);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        debug!("open {} {:#o}", ino.0, flags.0);
-        match guard(|| self.0.open(ino.0, flags.0, Some(caller(req, 0)))) {
-            Ok(o) => {
-                let fh = FileHandle(o.fh);
-                let flags = open_flags(&self.0, o.keep_cache);
-                let id = self.backing(ino.0, o, |f| reply.open_backing(f));
-                // Cache flags conflict with passthrough (the kernel answers EIO).
-                match id {
-                    Some(id) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
-                    None => reply.opened(fh, flags),
-                }
-            }
-            Err(e) => reply.error(errno("open", e)),
+        let register = fuser_backing(|f| reply.open_backing(f));
+        match self.0.op_open(ino.0, flags.0, caller(req, 0), register) {
+            Ok(o) => match o.backing.as_deref().map(fuser_id) {
+                Some(Some(id)) => reply.opened_passthrough(FileHandle(o.fh), o.flags, id),
+                Some(None) => reply.error(Errno::EIO),
+                None => reply.opened(FileHandle(o.fh), o.flags),
+            },
+            Err(e) => reply.error(e),
         }
     }
 
     fn read(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -342,17 +357,16 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        debug!("read {} fh={} off={offset} size={size}", ino.0, fh.0);
-        READ_BUF.with_borrow_mut(|buf| match guard(|| self.0.read(fh.0, offset, size, buf)) {
+        READ_BUF.with_borrow_mut(|buf| match self.0.op_read(fh.0, offset, size, buf) {
             Ok(n) => reply.data(&buf[..n]),
-            Err(e) => reply.error(errno("read", e)),
+            Err(e) => reply.error(e),
         });
     }
 
     fn write(
         &self,
         req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -361,24 +375,15 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        debug!(
-            "write {} fh={} off={offset} len={}",
-            ino.0,
-            fh.0,
-            data.len()
-        );
         let kill = write_flags
             .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
             .then(|| caller(req, 0));
-        match guard(|| self.0.write(fh.0, offset, data, kill)) {
+        match self.0.op_write(fh.0, offset, data, kill) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno("write", e)),
+            Err(e) => reply.error(e),
         }
     }
 
-    /// A close needs nothing from the daemon: the kernel has written cached data out
-    /// before it asks, and file locks are the kernel's own. ENOSYS, and the kernel sends
-    /// no FLUSH again (a round trip saved on every close).
     fn flush(
         &self,
         _req: &Request,
@@ -387,8 +392,7 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        debug!("flush {}", ino.0);
-        reply.error(Errno::ENOSYS);
+        reply.error(self.0.op_flush(ino.0));
     }
 
     fn release(
@@ -401,8 +405,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.2.release(fh.0);
-        self.0.release(fh.0);
+        self.0.op_release(fh.0);
         reply.ok();
     }
 
@@ -414,14 +417,13 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty("fsync", guard(|| self.0.fsync(fh.0, datasync)), reply);
+        reply_empty(self.0.op_fsync(fh.0, datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        debug!("opendir {}", ino.0);
-        match guard(|| self.0.opendir(ino.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), kernel::opendir_flags(&self.0)),
-            Err(e) => reply.error(errno("opendir", e)),
+        match self.0.op_opendir(ino.0) {
+            Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -433,23 +435,16 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        debug!("readdir {} fh={} off={offset}", ino.0, fh.0);
-        match guard(|| self.0.readdir(fh.0, offset)) {
-            Ok(entries) => {
-                for (next, e) in entries {
-                    if reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply.error(errno("readdir", e)),
+        let r = self.0.op_readdir(ino.0, fh.0, offset, false, |l| {
+            !reply.add(INodeNo(l.ino), l.next, file_type(l.mode), l.name)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
     }
 
-    /// A listing with each entry's attributes, so a walk needs no LOOKUP per entry. Each
-    /// entry sent counts one kernel reference, as a lookup does; `.` and `..` count none
-    /// (the kernel takes none for them), and an entry that does not fit is not counted.
+    /// A listing with each entry's attributes, so a walk needs no LOOKUP per entry.
     fn readdirplus(
         &self,
         _req: &Request,
@@ -458,53 +453,31 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        debug!("readdirplus {} fh={} off={offset}", ino.0, fh.0);
-        let entries = match guard(|| self.0.readdir(fh.0, offset)) {
-            Ok(entries) => entries,
-            Err(e) => return reply.error(errno("readdirplus", e)),
-        };
-        for (next, e) in entries {
-            if e.name == "." || e.name == ".." {
-                if reply.add(
-                    INodeNo(e.ino),
-                    next,
-                    &e.name,
-                    &self.1,
-                    &dot_entry(e.ino),
+        let r = self.0.op_readdir(ino.0, fh.0, offset, true, |l| {
+            let full = match l.attr {
+                None => reply.add(
+                    INodeNo(l.ino),
+                    l.next,
+                    l.name,
+                    &self.0.1,
+                    &dot_entry(l.ino),
                     Generation(0),
-                ) {
-                    break;
-                }
-                continue;
-            }
-            let a = match guard(|| self.0.lookup_entry(fh.0, &e)) {
-                Ok(a) => a,
-                // Gone since the listing was taken: left out, as a later listing would.
-                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(err) => {
-                    debug!("readdirplus {} {:?}: {err}", ino.0, e.name);
-                    break;
-                }
+                ),
+                Some((a, ttl)) => reply.add(
+                    INodeNo(a.ino),
+                    l.next,
+                    l.name,
+                    &ttl,
+                    &file_attr(a),
+                    Generation(a.generation),
+                ),
             };
-            let ttl = if a.uncached_name {
-                Duration::ZERO
-            } else {
-                self.1
-            };
-            let full = reply.add(
-                INodeNo(a.ino),
-                next,
-                &e.name,
-                &ttl,
-                &file_attr(&a),
-                Generation(a.generation),
-            );
-            if full {
-                self.0.forget(a.ino, 1);
-                break;
-            }
+            !full
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn releasedir(
@@ -515,7 +488,7 @@ impl Filesystem for FuseFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.0.releasedir(fh.0);
+        self.0.op_releasedir(fh.0);
         reply.ok();
     }
 
@@ -527,11 +500,11 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty("fsyncdir", guard(|| self.0.fsyncdir(ino.0)), reply);
+        reply_empty(self.0.op_fsyncdir(ino.0), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match guard(|| self.0.statfs()) {
+        match self.0.op_statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -542,7 +515,7 @@ impl Filesystem for FuseFs {
                 s.f_namelen as u32,
                 s.f_frsize as u32,
             ),
-            Err(e) => reply.error(errno("statfs", e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -556,44 +529,22 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        debug!("setxattr {} {name:?}", ino.0);
-        reply_empty(
-            "setxattr",
-            guard(|| self.0.setxattr(ino.0, name, value, flags, caller(req, 0))),
-            reply,
-        );
+        let r = self
+            .0
+            .op_setxattr(ino.0, name, value, flags, caller(req, 0));
+        reply_empty(r, reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        debug!("getxattr {} {name:?}", ino.0);
-        reply_xattr(
-            "getxattr",
-            guard(|| self.0.getxattr(ino.0, name)),
-            size,
-            reply,
-        );
+        reply_xattr(self.0.op_getxattr(ino.0, name, size), reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        debug!("listxattr {}", ino.0);
-        let r = guard(|| self.0.listxattr(ino.0)).map(|names| {
-            let mut out = Vec::new();
-            for n in names {
-                out.extend_from_slice(n.as_encoded_bytes());
-                out.push(0);
-            }
-            out
-        });
-        reply_xattr("listxattr", r, size, reply);
+        reply_xattr(self.0.op_listxattr(ino.0, size), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        debug!("removexattr {} {name:?}", ino.0);
-        reply_empty(
-            "removexattr",
-            guard(|| self.0.removexattr(ino.0, name)),
-            reply,
-        );
+        reply_empty(self.0.op_removexattr(ino.0, name), reply);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -611,25 +562,21 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        debug!("create {} {name:?} {mode:o} {flags:#o}", parent.0);
-        // The file is new: O_TRUNC has nothing to cut.
-        let flags = flags & !libc::O_TRUNC;
+        let register = fuser_backing(|f| reply.open_backing(f));
         let by = caller(req, umask);
-        let r = guard(|| self.0.create_file(parent.0, name, mode, flags, by));
-        match r {
+        match self.0.op_create(parent.0, name, mode, flags, by, register) {
             Ok((a, o)) => {
-                let (attr, generation) = (file_attr(&a), Generation(a.generation));
-                let (fh, flags) = (FileHandle(o.fh), open_flags(&self.0, o.keep_cache));
-                let id = self.backing(a.ino, o, |f| reply.open_backing(f));
-                match id {
-                    Some(id) => {
-                        let none = FopenFlags::empty();
-                        reply.created_passthrough(&self.1, &attr, generation, fh, none, &id)
+                let (ttl, attr, generation) = (self.0.1, file_attr(&a), Generation(a.generation));
+                let fh = FileHandle(o.fh);
+                match o.backing.as_deref().map(fuser_id) {
+                    Some(Some(id)) => {
+                        reply.created_passthrough(&ttl, &attr, generation, fh, o.flags, id)
                     }
-                    None => reply.created(&self.1, &attr, generation, fh, flags),
+                    Some(None) => reply.error(Errno::EIO),
+                    None => reply.created(&ttl, &attr, generation, fh, o.flags),
                 }
             }
-            Err(e) => reply.error(errno("create", e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -643,11 +590,10 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(
-            "fallocate",
-            guard(|| self.0.fallocate(fh.0, offset, length, mode, caller(req, 0))),
-            reply,
-        );
+        let r = self
+            .0
+            .op_fallocate(fh.0, offset, length, mode, caller(req, 0));
+        reply_empty(r, reply);
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod fs;
 mod process;
+pub mod uring;
 mod xattr;
 
 use std::ffi::{CString, OsStr};

@@ -14,6 +14,17 @@ use tempfile::TempDir;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_layerfs");
 
+/// Mount options a whole pass of the suite runs with (`LAYERFS_TEST_OPTIONS`, e.g.
+/// `uring=on` in the io_uring pass of `tools/test.sh`), added to every union a fixture
+/// mounts.
+pub fn suite_options(c: &mut Command) {
+    if let Ok(o) = std::env::var("LAYERFS_TEST_OPTIONS")
+        && !o.is_empty()
+    {
+        c.arg("-o").arg(o);
+    }
+}
+
 /// Whether FUSE mounts can be made here. Under `CI=true` a missing FUSE is a failure.
 pub fn fuse_available() -> bool {
     let ok = fs::OpenOptions::new()
@@ -193,6 +204,7 @@ impl Fixture {
             .arg(&self.mnt)
             .arg("--workdir")
             .arg(work);
+        suite_options(&mut c);
         c
     }
 
@@ -229,6 +241,7 @@ impl Fixture {
             .arg(self.lowerdir())
             .arg("--read-only")
             .arg(&self.mnt);
+        suite_options(&mut c);
         self.run_mount(c)
     }
 

@@ -1,0 +1,110 @@
+//! `uring=on`: requests come over io_uring queues, one per CPU, where the kernel offers
+//! FUSE over io_uring (the fuse module's `enable_uring`), and through /dev/fuse where it
+//! does not, said once. (`tools/test.sh` also runs the whole suite with `uring=on`.)
+mod common;
+use common::*;
+use std::fs;
+use std::path::Path;
+
+const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Sets the fuse module's `enable_uring` for the guard's life, then puts it back.
+struct EnableUring(String);
+
+impl EnableUring {
+    fn set(on: bool) -> Self {
+        let old = fs::read_to_string(PARAM).unwrap().trim().to_string();
+        fs::write(PARAM, if on { "Y" } else { "N" }).unwrap();
+        EnableUring(old)
+    }
+}
+
+impl Drop for EnableUring {
+    fn drop(&mut self) {
+        let _ = fs::write(PARAM, &self.0);
+    }
+}
+
+/// The names of the daemon's threads.
+fn threads(pid: u32) -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| {
+            fs::read_to_string(t.path().join("comm"))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Creates, writes, renames, lists, reads and removes through the mount; what it read.
+fn workload(m: &Path) -> (String, Vec<String>) {
+    fs::create_dir(m.join("new")).unwrap();
+    fs::write(m.join("new/a"), "written\n").unwrap();
+    fs::rename(m.join("new/a"), m.join("new/b")).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("lower"))
+        .map(|mut f| std::io::Write::write_all(&mut f, b"more\n"))
+        .unwrap()
+        .unwrap();
+    fs::remove_file(m.join("gone")).unwrap();
+    let mut names: Vec<String> = fs::read_dir(m)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let text = read(m.join("lower")) + &read(m.join("new/b"));
+    (text, names)
+}
+
+#[test]
+fn requests_come_over_io_uring_where_the_kernel_offers_it() {
+    require_fuse!();
+    if !Path::new(PARAM).exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "this kernel has no FUSE over io_uring ({PARAM}) under CI=true"
+        );
+        eprintln!("skipping: no FUSE over io_uring in this kernel");
+        return;
+    }
+    for on in [true, false] {
+        let _param = EnableUring::set(on);
+        let f = Fixture::new(1);
+        put(f.lower(0), "lower", "lower\n");
+        put(f.lower(0), "gone", "x");
+        let log = f.dir.path().join("daemon.log");
+        let mut c = f.mount_command();
+        c.args(["-o", "uring=on"]);
+        let (mut daemon, m) = f.spawn_logged(c, "layerfs=info", &log);
+        let names = threads(daemon.id());
+        let queues = names.iter().filter(|n| n.starts_with("uring-")).count();
+        let (text, listed) = workload(&m.p(""));
+        assert_eq!(text, "lower\nmore\nwritten\n");
+        assert_eq!(listed, ["lower", "new"]);
+        drop(m);
+        daemon.wait().unwrap();
+        let said = fs::read_to_string(&log).unwrap();
+        let fallback = "the kernel does not offer FUSE over io_uring";
+        if on {
+            // Two threads per CPU at least, each with its queue's entry.
+            let cpus = std::thread::available_parallelism().unwrap().get();
+            assert!(
+                queues >= 2 * cpus,
+                "{queues} io_uring threads: {names:?}\n{said}"
+            );
+            assert!(said.contains("io_uring on:"), "{said}");
+        } else {
+            assert_eq!(queues, 0, "{names:?}");
+            assert_eq!(said.matches(fallback).count(), 1, "{said}");
+        }
+        assert_eq!(read(f.upper.join("lower")), "lower\nmore\n");
+        assert_eq!(read(f.upper.join("new/b")), "written\n");
+    }
+}
