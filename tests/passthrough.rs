@@ -66,6 +66,41 @@ fn writes_pass_through_and_the_fallback_serves_them() {
     );
 }
 
+/// Writes cost no round trip for privileges: the daemon takes over clearing setuid/setgid
+/// and `security.capability` (FUSE_HANDLE_KILLPRIV_V2), so the kernel marks the superblock
+/// as having none to check and stops asking for `security.capability` before each write.
+/// Without it, each of these writes would send a GETXATTR first, passthrough or not.
+#[test]
+fn writes_ask_for_no_capability_xattr() {
+    require_fuse!();
+    for opts in [&[][..], &["-o", "passthrough=off"]] {
+        let f = Fixture::new(1);
+        put(f.lower(0), "lower", "l");
+        let (mut daemon, m, log) = logged_mount(&f, opts);
+        for name in ["new", "lower"] {
+            let h = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .open(m.p(name))
+                .unwrap();
+            for i in 0..2000u64 {
+                h.write_all_at(&[1u8; 512], (i * 4096) % (1 << 20)).unwrap();
+            }
+        }
+        drop(m);
+        daemon.wait().unwrap();
+        let text = fs::read_to_string(&log).unwrap();
+        let asked = text
+            .lines()
+            .filter(|l| l.contains("] getxattr ") && l.contains("security.capability"))
+            .count();
+        assert!(
+            asked <= 2,
+            "{opts:?}: {asked} GETXATTRs of security.capability for 4,000 writes"
+        );
+    }
+}
+
 /// Closing files costs no round trip to the daemon: the first FLUSH is answered ENOSYS and
 /// the kernel sends none after it, with passthrough and without.
 #[test]
