@@ -101,6 +101,49 @@ fn writes_ask_for_no_capability_xattr() {
     }
 }
 
+/// A passed-through write never reaches the daemon, so a writer without CAP_FSETID has the
+/// setuid/setgid bits cleared when it opens the file for writing; the kernel, which cached
+/// the mode and did not ask for that change, is told to drop it, so the mount shows the
+/// cleared mode at once (without the notification it showed 6777 over an upper at 777).
+#[test]
+fn cleared_setuid_shows_at_once() {
+    require_fuse!();
+    for opts in [&[][..], &["-o", "passthrough=off"]] {
+        let f = Fixture::new(1);
+        put(f.lower(0), "lower", "l");
+        let m = f.mount_with(opts);
+        for name in ["new", "lower"] {
+            fs::write(m.p(name), "x").unwrap();
+            fs::set_permissions(m.p(name), fs::Permissions::from_mode(0o6777)).unwrap();
+            let before = fs::metadata(m.p(name)).unwrap().permissions().mode();
+            assert_eq!(before & 0o7777, 0o6777, "{opts:?} {name}");
+            let out = as_uid_1000()
+                .args(["sh", "-c", "printf y >> \"$0\""])
+                .arg(m.p(name))
+                .output()
+                .unwrap();
+            assert_success(&out);
+            // stat(1) asks for the mode alone (statx STATX_MODE): the write made the
+            // kernel drop its cached size and times, not the mode.
+            let out = run(
+                "stat",
+                &["-c".as_ref(), "%a".as_ref(), m.p(name).as_os_str()],
+            );
+            assert_success(&out);
+            let shown = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let kept = fs::metadata(f.upper.join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(
+                (shown.as_str(), kept & 0o7777),
+                ("777", 0o777),
+                "{opts:?} {name}: mode shown, mode in the upper"
+            );
+        }
+    }
+}
+
 /// Closing files costs no round trip to the daemon: the first FLUSH is answered ENOSYS and
 /// the kernel sends none after it, with passthrough and without.
 #[test]
