@@ -21,6 +21,23 @@ fn logged_mount<'a>(
     (daemon, m, log)
 }
 
+/// Runs `work` on a fresh mount with `opts` over a lower file `lower` ("l"); the logged
+/// requests that `counted` picks.
+fn logged_requests(
+    opts: &[&str],
+    work: impl FnOnce(&Mounted<'_>),
+    counted: impl Fn(&str) -> bool,
+) -> usize {
+    let f = Fixture::new(1);
+    put(f.lower(0), "lower", "l");
+    let (mut daemon, m, log) = logged_mount(&f, opts);
+    work(&m);
+    drop(m);
+    daemon.wait().unwrap();
+    let text = fs::read_to_string(&log).unwrap();
+    text.lines().filter(|l| counted(l)).count()
+}
+
 /// Writes and reads through the mount with `opts`; returns the WRITE and READ requests the
 /// daemon saw for the upper file.
 fn requests(opts: &[&str]) -> (usize, usize) {
@@ -74,26 +91,22 @@ fn writes_pass_through_and_the_fallback_serves_them() {
 fn writes_ask_for_no_capability_xattr() {
     require_fuse!();
     for opts in [&[][..], &["-o", "passthrough=off"]] {
-        let f = Fixture::new(1);
-        put(f.lower(0), "lower", "l");
-        let (mut daemon, m, log) = logged_mount(&f, opts);
-        for name in ["new", "lower"] {
-            let h = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .open(m.p(name))
-                .unwrap();
-            for i in 0..2000u64 {
-                h.write_all_at(&[1u8; 512], (i * 4096) % (1 << 20)).unwrap();
+        let writes = |m: &Mounted<'_>| {
+            for name in ["new", "lower"] {
+                let h = fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(m.p(name))
+                    .unwrap();
+                for i in 0..2000u64 {
+                    h.write_all_at(&[1u8; 512], (i * 4096) % (1 << 20)).unwrap();
+                }
             }
-        }
-        drop(m);
-        daemon.wait().unwrap();
-        let text = fs::read_to_string(&log).unwrap();
-        let asked = text
-            .lines()
-            .filter(|l| l.contains("] getxattr ") && l.contains("security.capability"))
-            .count();
+        };
+        let asked = logged_requests(opts, writes, |l| {
+            l.contains("] getxattr ") && l.contains("security.capability")
+        });
         assert!(
             asked <= 2,
             "{opts:?}: {asked} GETXATTRs of security.capability for 4,000 writes"
@@ -150,18 +163,14 @@ fn cleared_setuid_shows_at_once() {
 fn closes_send_one_flush_at_most() {
     require_fuse!();
     for opts in [&[][..], &["-o", "passthrough=off"]] {
-        let f = Fixture::new(1);
-        put(f.lower(0), "lower", "l");
-        let (mut daemon, m, log) = logged_mount(&f, opts);
-        for i in 0..50 {
-            fs::write(m.p(&format!("f{i}")), "data").unwrap();
-            assert_eq!(read(m.p(&format!("f{i}"))), "data");
-            assert_eq!(read(m.p("lower")), "l");
-        }
-        drop(m);
-        daemon.wait().unwrap();
-        let text = fs::read_to_string(&log).unwrap();
-        let flushes = text.lines().filter(|l| l.contains("] flush ")).count();
+        let closes = |m: &Mounted<'_>| {
+            for i in 0..50 {
+                fs::write(m.p(&format!("f{i}")), "data").unwrap();
+                assert_eq!(read(m.p(&format!("f{i}"))), "data");
+                assert_eq!(read(m.p("lower")), "l");
+            }
+        };
+        let flushes = logged_requests(opts, closes, |l| l.contains("] flush "));
         assert_eq!(
             flushes, 1,
             "{opts:?}: {flushes} FLUSH requests for 150 closes"
