@@ -41,6 +41,23 @@ fn threads(pid: u32) -> Vec<String> {
     out
 }
 
+/// The scheduling policy of each of the daemon's io_uring queue threads.
+fn queue_policies(pid: u32) -> Vec<u32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("uring-"))
+        })
+        .map(|t| {
+            let stat = fs::read_to_string(t.path().join("stat")).unwrap();
+            // Field 41, `policy`; the fields after the name's ')' start at field 3.
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            after.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
 /// Creates, writes, renames, lists, reads and removes through the mount; what it read.
 fn workload(m: &Path) -> (String, Vec<String>) {
     fs::create_dir(m.join("new")).unwrap();
@@ -83,18 +100,46 @@ fn requests_come_over_io_uring_where_the_kernel_offers_it() {
         let mut c = f.mount_command();
         c.args(["-o", "uring=on"]);
         let (mut daemon, m) = f.spawn_logged(c, "layerfs=info", &log);
-        let names = threads(daemon.id());
-        let queues = names.iter().filter(|n| n.starts_with("uring-")).count();
         let (text, listed) = workload(&m.p(""));
+        // The mount is live before the queue threads start: wait a while for them.
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        let start = std::time::Instant::now();
+        let mut names = threads(daemon.id());
+        let queue_count =
+            |names: &[String]| names.iter().filter(|n| n.starts_with("uring-")).count();
+        while on
+            && queue_count(&names) < 2 * cpus
+            && start.elapsed() < std::time::Duration::from_secs(5)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            names = threads(daemon.id());
+        }
+        let queues = queue_count(&names);
         assert_eq!(text, "lower\nmore\nwritten\n");
         assert_eq!(listed, ["lower", "new"]);
+        if on {
+            // Between requests every queue thread waits as SCHED_IDLE, so the answer it
+            // commits leaves its caller on its CPU (ring.rs); root can go back to normal.
+            let start = std::time::Instant::now();
+            let mut policies = queue_policies(daemon.id());
+            while policies.iter().any(|&p| p != libc::SCHED_IDLE as u32)
+                && start.elapsed() < std::time::Duration::from_secs(5)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                policies = queue_policies(daemon.id());
+            }
+            assert!(!policies.is_empty());
+            assert!(
+                policies.iter().all(|&p| p == libc::SCHED_IDLE as u32),
+                "queue thread policies {policies:?}"
+            );
+        }
         drop(m);
         daemon.wait().unwrap();
         let said = fs::read_to_string(&log).unwrap();
         let fallback = "the kernel does not offer FUSE over io_uring";
         if on {
             // Two threads per CPU at least, each with its queue's entry.
-            let cpus = std::thread::available_parallelism().unwrap().get();
             assert!(
                 queues >= 2 * cpus,
                 "{queues} io_uring threads: {names:?}\n{said}"

@@ -193,6 +193,21 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the calling thread's scheduling policy: `SCHED_IDLE` when `idle`, else the normal
+/// `SCHED_OTHER` (nice unchanged). Going back from `SCHED_IDLE` needs `CAP_SYS_NICE` or an
+/// `RLIMIT_NICE` that allows the thread's nice value (EPERM otherwise).
+pub fn set_idle_policy(idle: bool) -> io::Result<()> {
+    let policy = if idle {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler only reads `param`, a valid sched_param.
+    super::check(unsafe { libc::sched_setscheduler(0, policy, &param) })?;
+    Ok(())
+}
+
 /// `FUSE_DEV_IOC_BACKING_CLOSE`: `_IOW(229, 2, uint32_t)`.
 const FUSE_DEV_IOC_BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
 
