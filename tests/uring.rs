@@ -41,6 +41,17 @@ fn threads(pid: u32) -> Vec<String> {
     out
 }
 
+/// What `get` returns once `done` holds of it, or after 5 s, whichever comes first.
+fn polled<T>(get: impl Fn() -> T, done: impl Fn(&T) -> bool) -> T {
+    let start = std::time::Instant::now();
+    let mut value = get();
+    while !done(&value) && start.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        value = get();
+    }
+    value
+}
+
 /// The scheduling policy of each of the daemon's io_uring queue threads.
 fn queue_policies(pid: u32) -> Vec<u32> {
     fs::read_dir(format!("/proc/{pid}/task"))
@@ -103,31 +114,22 @@ fn requests_come_over_io_uring_where_the_kernel_offers_it() {
         let (text, listed) = workload(&m.p(""));
         // The mount is live before the queue threads start: wait a while for them.
         let cpus = std::thread::available_parallelism().unwrap().get();
-        let start = std::time::Instant::now();
-        let mut names = threads(daemon.id());
         let queue_count =
             |names: &[String]| names.iter().filter(|n| n.starts_with("uring-")).count();
-        while on
-            && queue_count(&names) < 2 * cpus
-            && start.elapsed() < std::time::Duration::from_secs(5)
-        {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            names = threads(daemon.id());
-        }
+        let names = polled(
+            || threads(daemon.id()),
+            |names| !on || queue_count(names) >= 2 * cpus,
+        );
         let queues = queue_count(&names);
         assert_eq!(text, "lower\nmore\nwritten\n");
         assert_eq!(listed, ["lower", "new"]);
         if on {
             // Between requests every queue thread waits as SCHED_IDLE, so the answer it
             // commits leaves its caller on its CPU (ring.rs); root can go back to normal.
-            let start = std::time::Instant::now();
-            let mut policies = queue_policies(daemon.id());
-            while policies.iter().any(|&p| p != libc::SCHED_IDLE as u32)
-                && start.elapsed() < std::time::Duration::from_secs(5)
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                policies = queue_policies(daemon.id());
-            }
+            let policies = polled(
+                || queue_policies(daemon.id()),
+                |p| p.iter().all(|&p| p == libc::SCHED_IDLE as u32),
+            );
             assert!(!policies.is_empty());
             assert!(
                 policies.iter().all(|&p| p == libc::SCHED_IDLE as u32),

@@ -106,17 +106,7 @@ fn run_queue(
     let mut done = Vec::new();
     let mut scratch = Vec::new();
     loop {
-        let waited = if yields {
-            let _ = set_idle_policy(true);
-            let waited = q.wait(&mut done);
-            if let Err(e) = set_idle_policy(false) {
-                log::warn!("io_uring queue {cpu}: cannot leave SCHED_IDLE: {e}");
-            }
-            waited
-        } else {
-            q.wait(&mut done)
-        };
-        if let Err(e) = waited {
+        if let Err(e) = commit_and_wait(&mut q, cpu, &mut done, yields) {
             log::warn!("io_uring queue {cpu}: {e}");
             return;
         }
@@ -142,6 +132,26 @@ fn run_queue(
             }
         }
     }
+}
+
+/// Submits the queued commits and waits for requests, as `SCHED_IDLE` when `yields` (see
+/// the module's doc).
+fn commit_and_wait(
+    q: &mut FuseQueue,
+    cpu: usize,
+    done: &mut Vec<(usize, i32)>,
+    yields: bool,
+) -> io::Result<()> {
+    if !yields {
+        return q.wait(done);
+    }
+    let _ = set_idle_policy(true);
+    let waited = q.wait(done);
+    if let Err(e) = set_idle_policy(false) {
+        // Its entry keeps serving (the queue needs it), if at idle priority.
+        log::warn!("io_uring queue {cpu}: cannot leave SCHED_IDLE: {e}");
+    }
+    waited
 }
 
 /// What a request is answered with, before it is encoded into the entry's payload.
