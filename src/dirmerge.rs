@@ -267,9 +267,7 @@ impl LayerFs {
         let simple = !stub && ((self.layers.is_upper(e.layer) && !indexed) || st.st_nlink == 1);
         if simple && self.ino_for(e.layer, st.st_ino) == e.ino {
             let place = Place::found(parent.ino, &e.name, e.layer, self.layers.is_upper(e.layer));
-            let node = self
-                .inodes
-                .remember(e.ino, st.st_mode & libc::S_IFMT, place);
+            let node = self.remember(e.ino, st.st_mode & libc::S_IFMT, place);
             return Ok(self.shown(&node, st));
         }
         self.lookup_in(parent, &e.name).map(|(_, a)| a)

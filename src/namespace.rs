@@ -519,13 +519,6 @@ impl LayerFs {
     pub fn rmdir(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
         self.remove(parent, name, true)
     }
-
-    pub(crate) fn node_for(&self, st: &Stat, place: Place) -> io::Result<Arc<Inode>> {
-        let ino = self.ino_of(st, &place)?;
-        Ok(self
-            .inodes
-            .existing_or_transient(ino, st.st_mode & libc::S_IFMT, place))
-    }
 }
 
 /// Tells `node` that its name `parent/name` (the object `st` at `place`) was removed,

@@ -168,7 +168,7 @@ pub struct LayerFs {
     /// The layer roots and confined access to them.
     pub(crate) layers: Layers,
     /// The inodes the kernel knows and their lookup counts (the only place that counts).
-    pub(crate) inodes: InodeTable,
+    inodes: InodeTable,
     /// Open file handles.
     pub(crate) files: HandleTable<OpenFile>,
     /// Open directory handles and their listings.
@@ -274,6 +274,20 @@ impl LayerFs {
 
     pub(crate) fn node(&self, ino: Ino) -> io::Result<Arc<Inode>> {
         self.inodes.get(ino)
+    }
+
+    /// The node of the object `st` at `place`: the known one, or one the kernel is not
+    /// told of (no lookup counted).
+    pub(crate) fn node_for(&self, st: &Stat, place: Place) -> io::Result<Arc<Inode>> {
+        let ino = self.ino_of(st, &place)?;
+        Ok(self
+            .inodes
+            .existing_or_transient(ino, st.st_mode & libc::S_IFMT, place))
+    }
+
+    /// The node `ino` at `place`, handed to the kernel: one more lookup counted.
+    pub(crate) fn remember(&self, ino: Ino, kind: u32, place: Place) -> Arc<Inode> {
+        self.inodes.remember(ino, kind, place)
     }
 
     pub(crate) fn work(&self) -> io::Result<&WorkDir> {
@@ -676,7 +690,7 @@ impl LayerFs {
                 let named = self.index().is_some()
                     && !is_dir(&st)
                     && (place.index.is_some() || (!place.upper && st.st_nlink > 1));
-                let node = self.inodes.remember(ino, st.st_mode & libc::S_IFMT, place);
+                let node = self.remember(ino, st.st_mode & libc::S_IFMT, place);
                 let mut attr = self.shown(&node, *st);
                 attr.uncached_name = named;
                 Ok((node, attr))
