@@ -386,6 +386,11 @@ fn lower_returning_eio() {
     assert!(!f.upper.join("badread").exists());
     assert!(temporaries(&f.work).is_empty(), "a partial copy is left");
     assert!(logged(&log, "Input/output error"), "no warning in the log");
+    // A truncating open copies up no data (the kernel sends O_TRUNC with the open, not
+    // as a SETATTR after it), so it succeeds on that file whose data cannot be read.
+    fs::write(m.p("badread"), "new\n").unwrap();
+    assert_eq!(read(f.upper.join("badread")), "new\n");
+    assert_eq!(read(m.p("badread")), "new\n");
 
     // The whole layer fails: what needs it gets EIO, the upper still serves.
     fs::write(m.p("mine"), "upper\n").unwrap();
