@@ -3,6 +3,8 @@
 mod common;
 use common::*;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 #[test]
 fn upper_then_lowers_in_order() {
@@ -119,4 +121,39 @@ fn misses_are_cached_until_the_name_is_made() {
     assert_eq!(errno(fs::metadata(m.p("missing"))), libc::ENOENT);
     drop(m);
     daemon.wait().unwrap();
+}
+
+/// What cannot change behind the mount is asked for once: the kernel keeps an entry and
+/// its attributes (long timeouts), a symlink's target (CACHE_SYMLINKS) and a file's pages
+/// across opens (FOPEN_KEEP_CACHE), so asking again makes no request.
+#[test]
+fn what_cannot_change_behind_the_mount_is_asked_for_once() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    put(f.lower(0), "file", "data\n");
+    std::os::unix::fs::symlink("file", f.lower(0).join("link")).unwrap();
+    let log = f.dir.path().join("daemon.log");
+    let (mut daemon, m) = f.spawn_logged(f.mount_command(), "layerfs=debug", &log);
+    let ino = fs::metadata(m.p("file")).unwrap().ino();
+    for _ in 0..5 {
+        assert_eq!(fs::metadata(m.p("file")).unwrap().len(), 5);
+        assert_eq!(fs::read_link(m.p("link")).unwrap(), Path::new("file"));
+        assert_eq!(read(m.p("file")), "data\n");
+    }
+    drop(m);
+    daemon.wait().unwrap();
+    let text = fs::read_to_string(&log).unwrap();
+    let count = |what: &str| text.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(
+        (
+            count("] lookup 1 \"file\""),
+            count(&format!("] getattr {ino}")),
+            count("] readlink "),
+            count("] read ")
+        ),
+        // The one GETATTR follows the first read, after which the kernel drops the access
+        // time it holds.
+        (1, 1, 1, 1),
+        "lookups, getattrs, readlinks and reads for five rounds:\n{text}"
+    );
 }
