@@ -28,6 +28,8 @@ enum Fault {
     List,
     /// Reads of its data wait while the filesystem's `hold` is set (a slow disk).
     Slow,
+    /// Looking it up waits while the filesystem's `hold` is set.
+    SlowLookup,
 }
 
 struct Node {
@@ -39,7 +41,7 @@ struct Node {
 }
 
 /// The tree, indexed by inode number - 1.
-const TREE: [Node; 9] = [
+const TREE: [Node; 10] = [
     Node {
         parent: 1,
         name: "",
@@ -104,15 +106,23 @@ const TREE: [Node; 9] = [
         data: b"slow\n",
         fault: Fault::Slow,
     },
+    Node {
+        parent: 1,
+        name: "slowname",
+        dir: false,
+        data: b"",
+        fault: Fault::SlowLookup,
+    },
 ];
 
 /// A read-only FUSE filesystem serving [`TREE`], whose faulty nodes answer EIO, and which
 /// answers EIO to everything while `broken` is set (a disk gone bad).
 struct Faulty {
     broken: Arc<AtomicBool>,
-    /// While set, reads of the slow node wait; `reading` says one is waiting.
+    /// While set, reads of the slow node and lookups of the slow name wait; `waiting`
+    /// says one is waiting.
     hold: Arc<AtomicBool>,
-    reading: Arc<AtomicBool>,
+    waiting: Arc<AtomicBool>,
 }
 
 const TTL: Duration = Duration::from_secs(0);
@@ -150,6 +160,13 @@ impl Faulty {
     fn broken(&self) -> bool {
         self.broken.load(Ordering::SeqCst)
     }
+
+    fn wait_while_held(&self) {
+        self.waiting.store(true, Ordering::SeqCst);
+        while self.hold.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 impl Filesystem for Faulty {
@@ -162,6 +179,10 @@ impl Filesystem for Faulty {
         });
         match found {
             Some(i) if TREE[i as usize - 1].fault == Fault::Lookup => reply.error(eio()),
+            Some(i) if TREE[i as usize - 1].fault == Fault::SlowLookup => {
+                self.wait_while_held();
+                reply.entry(&TTL, &attr(i), Generation(0))
+            }
             Some(i) => reply.entry(&TTL, &attr(i), Generation(0)),
             None => reply.error(Errno::from_i32(libc::ENOENT)),
         }
@@ -197,10 +218,7 @@ impl Filesystem for Faulty {
             return reply.error(eio());
         }
         if n.fault == Fault::Slow {
-            self.reading.store(true, Ordering::SeqCst);
-            while self.hold.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            self.wait_while_held();
         }
         let start = (offset as usize).min(n.data.len());
         let end = (start + size as usize).min(n.data.len());
@@ -274,13 +292,16 @@ impl Drop for FaultyMount {
     }
 }
 
-/// A copy-up held up by a slow lower stalls nothing else: a stat and a read of an
-/// unrelated file complete while it waits (the daemon serves requests on several threads).
-#[test]
-fn a_slow_copy_up_stalls_nothing_else() {
-    require_fuse!();
-    let f = Fixture::new(1);
-    let (hold, reading) = (
+/// Runs `slow` on the mount of `f` over the faulty lower, where it waits in the lower
+/// while held, and `other` once it waits; what `other` returned, then `slow`. Fails if
+/// `other` does not finish while `slow` waits: not a timing threshold, since without it
+/// being served beside `slow`, `other` would wait for the hold forever.
+fn beside_a_held_request<S: Send + 'static, O: Send + 'static>(
+    f: &Fixture,
+    slow: impl FnOnce(&Path) -> S + Send + 'static,
+    other: impl FnOnce(&Path) -> O + Send + 'static,
+) -> (O, S) {
+    let (hold, waiting) = (
         Arc::new(AtomicBool::new(true)),
         Arc::new(AtomicBool::new(false)),
     );
@@ -291,45 +312,77 @@ fn a_slow_copy_up_stalls_nothing_else() {
             let fs = Faulty {
                 broken: Arc::default(),
                 hold: hold.clone(),
-                reading: reading.clone(),
+                waiting: waiting.clone(),
             };
             fuser::spawn_mount(fs, f.lower(0), &config).expect("mount the faulty lower")
         }),
         f.lower(0).to_path_buf(),
     );
-    put(&f.upper, "mine", "upper\n");
     let m = f.mount();
-    let slow = m.p("slow");
-    let copier = std::thread::spawn(move || {
-        fs::OpenOptions::new()
-            .append(true)
-            .open(slow)
-            .and_then(|mut h| h.write_all(b"+"))
-    });
+    let path = m.path.clone();
+    let slow = std::thread::spawn(move || slow(&path));
     let start = std::time::Instant::now();
-    while !reading.load(Ordering::SeqCst) {
+    while !waiting.load(Ordering::SeqCst) {
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "the copy-up never started"
+            "the slow request never reached the lower"
         );
         std::thread::sleep(Duration::from_millis(5));
     }
     let (tx, rx) = std::sync::mpsc::channel();
-    let mine = m.p("mine");
+    let path = m.path.clone();
     std::thread::spawn(move || {
-        let _ = tx.send((
-            fs::metadata(&mine).map(|m| m.len()).ok(),
-            fs::read(&mine).ok(),
-        ));
+        let _ = tx.send(other(&path));
     });
-    // Not a timing threshold: without other threads this would wait for the hold forever.
     let got = rx.recv_timeout(Duration::from_secs(60));
     hold.store(false, Ordering::SeqCst);
-    let (len, content) = got.expect("a stat and a read waited for an unrelated copy-up");
+    let other = got.expect("a request waited for an unrelated one held in the lower");
+    (other, slow.join().unwrap())
+}
+
+/// A copy-up held up by a slow lower stalls nothing else: a stat and a read of an
+/// unrelated file complete while it waits (the daemon serves requests on several threads).
+#[test]
+fn a_slow_copy_up_stalls_nothing_else() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    put(&f.upper, "mine", "upper\n");
+    let ((len, content), copied) = beside_a_held_request(
+        &f,
+        |mnt| {
+            fs::OpenOptions::new()
+                .append(true)
+                .open(mnt.join("slow"))
+                .and_then(|mut h| h.write_all(b"+"))
+        },
+        |mnt| {
+            let mine = mnt.join("mine");
+            (
+                fs::metadata(&mine).map(|m| m.len()).ok(),
+                fs::read(&mine).ok(),
+            )
+        },
+    );
     assert_eq!(len, Some(6));
     assert_eq!(content.as_deref(), Some(&b"upper\n"[..]));
-    copier.join().unwrap().unwrap();
-    assert_eq!(read(m.p("slow")), "slow\n+");
+    copied.unwrap();
+    assert_eq!(read(f.upper.join("slow")), "slow\n+");
+}
+
+/// A lookup held up by a slow lower leaves other lookups in the same directory free to
+/// run (PARALLEL_DIROPS: without it the kernel serialises the lookups of one directory).
+#[test]
+fn a_slow_lookup_stalls_no_other_in_its_directory() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    put(&f.upper, "mine", "upper\n");
+    let (mine, slow) = beside_a_held_request(
+        &f,
+        |mnt| fs::metadata(mnt.join("slowname")).map(|m| m.len()),
+        |mnt| fs::metadata(mnt.join("mine")).map(|m| m.len()),
+    );
+    assert_eq!(mine.unwrap(), 6);
+    assert_eq!(slow.unwrap(), 0);
 }
 
 /// Whether the daemon's log has a warning naming `what`, and no panic.
@@ -352,7 +405,7 @@ fn lower_returning_eio() {
                 Faulty {
                     broken: broken.clone(),
                     hold: Arc::default(),
-                    reading: Arc::default(),
+                    waiting: Arc::default(),
                 },
                 f.lower(0),
                 &config,
@@ -371,7 +424,7 @@ fn lower_returning_eio() {
     assert_eq!(
         listed,
         [
-            "badattr", "baddir", "badread", "cold", "dir", "good", "slow"
+            "badattr", "baddir", "badread", "cold", "dir", "good", "slow", "slowname"
         ]
     );
     assert_eq!(errno(fs::read(m.p("badread"))), libc::EIO);
