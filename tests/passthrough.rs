@@ -284,7 +284,8 @@ fn by_default_a_reader_of_a_lower_file_sees_its_copy_up() {
 }
 
 /// Without passthrough (`passthrough=off`, what rootless mounts get) the kernel's writeback
-/// cache gathers writes: a thousand 4 KiB writes reach the daemon as a few large WRITEs.
+/// cache gathers writes: a thousand 4 KiB writes reach the daemon as a few WRITEs of up to
+/// 1 MiB (max_write and max_pages at the kernel's limit).
 /// Appends, a write into the middle of a lower file's page through a write-only handle
 /// (the kernel reads the page in through it), and a setuid bit that an unprivileged
 /// writer clears come out as they do without the cache.
@@ -340,6 +341,20 @@ fn without_passthrough_the_writeback_cache_gathers_writes() {
     assert_eq!(read(f.upper.join("lower")), "0123XY6789abcdef\none\ntwo\n");
     let text = fs::read_to_string(&log).unwrap();
     assert!(text.contains("writeback cache on"), "no writeback cache");
-    let writes = text.lines().filter(|l| l.contains("] write ")).count();
-    assert!(writes < 100, "{writes} WRITE requests for 1,000 writes");
+    let writes: Vec<usize> = text
+        .lines()
+        .filter(|l| l.contains("] write "))
+        .filter_map(|l| l.rsplit_once("len=")?.1.parse().ok())
+        .collect();
+    assert!(
+        writes.len() < 100,
+        "{} WRITE requests for 1,000 writes",
+        writes.len()
+    );
+    // max_write and max_pages at the kernel's limit: a WRITE carries up to 1 MiB.
+    assert_eq!(
+        writes.iter().max(),
+        Some(&(1 << 20)),
+        "WRITE sizes {writes:?}"
+    );
 }
