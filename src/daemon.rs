@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
-use crate::fuse::{Backings, FuseFs, Notifications, Served, Transport, serve_uring};
+use crate::fuse::{
+    Backings, FuseFs, Notifications, Served, Transport, serve_uring, widen_readahead,
+};
 use crate::options::{Access, Atime, MountFlags, MountSpec, UsageError};
 use crate::setup::{self, Prepared, plain};
 use crate::sys;
@@ -224,6 +226,7 @@ fn serve(
         }
     };
     let _ = kernel.set(Box::new(Notifications(session.notifier())));
+    widen_readahead(&mountpoint);
     if served.3.uring_on() {
         // Each CPU's queue gets its share of the event-loop threads, at least two, so a
         // slow request (a copy-up, an fsync) does not hold up that CPU's others.

@@ -358,3 +358,40 @@ fn without_passthrough_the_writeback_cache_gathers_writes() {
         "WRITE sizes {writes:?}"
     );
 }
+
+/// Reads the daemon serves (a lower file opened for reading, by default) come in READs
+/// of up to 1 MiB: the mount's readahead is widened from the 128 KiB a FUSE mount starts
+/// with to one READ of the largest size.
+#[test]
+fn reads_through_the_daemon_come_in_large_reads() {
+    require_fuse!();
+    let f = Fixture::new(1);
+    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 253) as u8).collect();
+    fs::write(f.lower(0).join("big"), &data).unwrap();
+    let (mut daemon, m, log) = logged_mount(&f, &[]);
+    let dev = run("mountpoint", &["-d".as_ref(), m.path.as_os_str()]);
+    let dev = String::from_utf8_lossy(&dev.stdout).trim().to_string();
+    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    assert_eq!(read(&knob).trim(), "1024", "{knob}");
+    let mut back = Vec::new();
+    let mut h = fs::File::open(m.p("big")).unwrap();
+    let mut buf = vec![0u8; 128 << 10];
+    loop {
+        let n = std::io::Read::read(&mut h, &mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        back.extend_from_slice(&buf[..n]);
+    }
+    assert!(back == data, "the file read back differs");
+    drop(h);
+    drop(m);
+    daemon.wait().unwrap();
+    let text = fs::read_to_string(&log).unwrap();
+    let reads: Vec<usize> = text
+        .lines()
+        .filter(|l| l.contains("] read "))
+        .filter_map(|l| l.rsplit_once("size=")?.1.parse().ok())
+        .collect();
+    assert_eq!(reads.iter().max(), Some(&(1 << 20)), "READ sizes {reads:?}");
+}

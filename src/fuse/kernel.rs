@@ -1,6 +1,11 @@
 //! What layerfs negotiates with the kernel (in one place, each with why), how it lets the
 //! kernel cache file pages, and how the core tells the kernel about changes it made itself.
 
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
 use fuser::{FopenFlags, INodeNo, InitFlags, KernelConfig, Notifier};
 use log::debug;
 
@@ -149,4 +154,90 @@ pub(super) fn wanted_capabilities(fs: &LayerFs) -> Vec<(InitFlags, &'static str)
          the kernel stops asking for security.capability before every write",
     ));
     want
+}
+
+/// The kernel's readahead for a layerfs mount, in KiB: a window of one READ of the
+/// largest size (max_pages), where a new FUSE mount starts at 128 KiB and its INIT cannot
+/// ask for more.
+const READAHEAD_KB: u64 = 1024;
+
+/// Widens the kernel's readahead for the FUSE mount on `mountpoint` to [`READAHEAD_KB`]
+/// (after INIT, which would narrow it again), so reads of data the daemon serves come
+/// in fewer, larger READs: a lower file whose pages are cached below (read by another
+/// container of the image) is read through the mount 1.5-2.5x faster. Only root of the
+/// initial user namespace may write the mount's sysfs entry; elsewhere (rootless) the
+/// readahead stays the kernel's, said at debug level.
+pub fn widen_readahead(mountpoint: &Path) {
+    let widened = mount_device(mountpoint).and_then(|dev| {
+        let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+        let now = std::fs::read_to_string(&knob)?;
+        match now.trim().parse::<u64>() {
+            Ok(kb) if kb >= READAHEAD_KB => Ok(kb),
+            _ => std::fs::write(&knob, READAHEAD_KB.to_string()).map(|()| READAHEAD_KB),
+        }
+    });
+    match widened {
+        Ok(kb) => debug!("readahead of {}: {kb} KiB", mountpoint.display()),
+        Err(e) => debug!(
+            "readahead of {} stays the kernel's: {e}",
+            mountpoint.display()
+        ),
+    }
+}
+
+/// The device (`major:minor`) of the newest mount on `mountpoint`, from the mount table
+/// (a stat of the mountpoint would ask this daemon, which may not serve yet).
+fn mount_device(mountpoint: &Path) -> io::Result<String> {
+    let table = std::fs::read("/proc/self/mountinfo")?;
+    table
+        .split(|&b| b == b'\n')
+        .rev()
+        .find_map(|line| {
+            // ID, parent ID, major:minor, root, mount point, ...
+            let mut fields = line.split(|&b| b == b' ');
+            let dev = fields.nth(2)?;
+            let point = unescape(fields.nth(1)?);
+            (OsStr::from_bytes(&point) == mountpoint.as_os_str())
+                .then(|| String::from_utf8_lossy(dev).into_owned())
+        })
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+}
+
+/// A mount table field with its octal escapes (`\040` for a space) undone.
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_table_escapes_are_undone() {
+        assert_eq!(unescape(br"/mnt/a\040b\011c\134d"), b"/mnt/a b\tc\\d");
+        assert_eq!(unescape(br"/plain\0"), b"/plain\\0");
+    }
+
+    #[test]
+    fn the_root_mount_has_a_device() {
+        let dev = mount_device(Path::new("/")).unwrap();
+        assert!(dev.split_once(':').is_some(), "{dev}");
+    }
 }

@@ -31,7 +31,7 @@ use crate::union::{Attr, Caller, LayerFs};
 use attrs::{decode_dev, dot_entry, file_attr, file_type, negative_entry, set_time};
 use backing::Backing;
 pub use backing::Backings;
-pub use kernel::Notifications;
+pub use kernel::{Notifications, widen_readahead};
 use ops::{Answer, Xattr};
 pub use ring::serve_uring;
 
