@@ -38,6 +38,14 @@ fn logged_requests(
     text.lines().filter(|l| counted(l)).count()
 }
 
+/// The sizes (after `field`) of the requests logged in `text` whose lines hold `what`.
+fn logged_sizes(text: &str, what: &str, field: &str) -> Vec<usize> {
+    text.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| l.rsplit_once(field)?.1.parse().ok())
+        .collect()
+}
+
 /// Writes and reads through the mount with `opts`; returns the WRITE and READ requests the
 /// daemon saw for the upper file.
 fn requests(opts: &[&str]) -> (usize, usize) {
@@ -341,11 +349,7 @@ fn without_passthrough_the_writeback_cache_gathers_writes() {
     assert_eq!(read(f.upper.join("lower")), "0123XY6789abcdef\none\ntwo\n");
     let text = fs::read_to_string(&log).unwrap();
     assert!(text.contains("writeback cache on"), "no writeback cache");
-    let writes: Vec<usize> = text
-        .lines()
-        .filter(|l| l.contains("] write "))
-        .filter_map(|l| l.rsplit_once("len=")?.1.parse().ok())
-        .collect();
+    let writes = logged_sizes(&text, "] write ", "len=");
     assert!(
         writes.len() < 100,
         "{} WRITE requests for 1,000 writes",
@@ -388,10 +392,6 @@ fn reads_through_the_daemon_come_in_large_reads() {
     drop(m);
     daemon.wait().unwrap();
     let text = fs::read_to_string(&log).unwrap();
-    let reads: Vec<usize> = text
-        .lines()
-        .filter(|l| l.contains("] read "))
-        .filter_map(|l| l.rsplit_once("size=")?.1.parse().ok())
-        .collect();
+    let reads = logged_sizes(&text, "] read ", "size=");
     assert_eq!(reads.iter().max(), Some(&(1 << 20)), "READ sizes {reads:?}");
 }
