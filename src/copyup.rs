@@ -31,8 +31,28 @@ pub enum CopyData {
 }
 
 impl LayerFs {
-    /// Makes sure `node` (and its parents) exist in the upper layer.
+    /// Makes sure `node` (and its parents) exist in the upper layer. The ancestors that are
+    /// not up yet are copied up first, the topmost first, in a loop: a tree of any depth
+    /// is copied up on a bounded stack.
     pub(crate) fn copy_up(&self, node: &Arc<Inode>, data: CopyData) -> io::Result<()> {
+        self.layers.writable()?;
+        let mut missing = Vec::new();
+        let mut cur = Arc::clone(node);
+        while !cur.in_upper() {
+            let parent = self.node(cur.place().parent)?;
+            if !parent.in_upper() {
+                missing.push(Arc::clone(&parent));
+            }
+            cur = parent;
+        }
+        while let Some(dir) = missing.pop() {
+            self.copy_up_one(&dir, CopyData::Full)?;
+        }
+        self.copy_up_one(node, data)
+    }
+
+    /// Copies `node` up, its parent being up already (or brings a stub's data up).
+    fn copy_up_one(&self, node: &Arc<Inode>, data: CopyData) -> io::Result<()> {
         let upper = self.layers.writable()?;
         if node.in_upper() {
             // An indexed file changed through a name that is not linked up yet: linked up
@@ -50,12 +70,10 @@ impl LayerFs {
                 _ => self.fill_stub(node, data),
             };
         }
-        let parent = self.node(node.place().parent)?;
-        self.copy_up(&parent, CopyData::Full)?;
         let _guard = node.copy_lock.lock();
         if node.in_upper() {
             drop(_guard);
-            return self.copy_up(node, data);
+            return self.copy_up_one(node, data);
         }
         let place = node.place();
         if place.unlinked {

@@ -22,6 +22,29 @@ const PIECE: usize = 2048;
 
 const CONFINED: u64 = sys::RESOLVE_BENEATH | sys::RESOLVE_NO_SYMLINKS | sys::RESOLVE_NO_MAGICLINKS;
 
+/// Opens `rel` below the directory `at`, confined beneath it: no symlink is followed, not
+/// even as the last component. A path longer than the kernel takes in one call (PATH_MAX)
+/// is walked in pieces.
+pub fn open_beneath(at: BorrowedFd<'_>, rel: &Path, flags: i32) -> io::Result<OwnedFd> {
+    let flags = flags | libc::O_NOFOLLOW;
+    if rel.as_os_str().len() < PIECE {
+        return sys::openat2(at, rel, flags, 0, CONFINED);
+    }
+    let mut dir: Option<OwnedFd> = None;
+    let mut piece = PathBuf::new();
+    for c in rel.iter() {
+        if !piece.as_os_str().is_empty() && piece.as_os_str().len() + c.len() + 1 >= PIECE {
+            let from = dir.as_ref().map_or(at, |d| d.as_fd());
+            let dir_flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+            dir = Some(sys::openat2(from, &piece, dir_flags, 0, CONFINED)?);
+            piece.clear();
+        }
+        piece.push(c);
+    }
+    let from = dir.as_ref().map_or(at, |d| d.as_fd());
+    sys::openat2(from, &piece, flags, 0, CONFINED)
+}
+
 /// One directory of the stack.
 #[derive(Debug)]
 pub struct Layer {
@@ -59,25 +82,8 @@ impl Layer {
 
     /// Opens `rel` (relative to the layer root, "" for the root) confined beneath the root:
     /// no symlink is followed, not even as the last component.
-    /// A path longer than the kernel takes in one call (PATH_MAX) is walked in pieces.
     pub fn open(&self, rel: &Path, flags: i32) -> io::Result<OwnedFd> {
-        let flags = flags | libc::O_NOFOLLOW;
-        if rel.as_os_str().len() < PIECE {
-            return sys::openat2(self.root(), rel, flags, 0, CONFINED);
-        }
-        let mut dir: Option<OwnedFd> = None;
-        let mut piece = PathBuf::new();
-        for c in rel.iter() {
-            if !piece.as_os_str().is_empty() && piece.as_os_str().len() + c.len() + 1 >= PIECE {
-                let at = dir.as_ref().map_or(self.root(), |d| d.as_fd());
-                let dir_flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-                dir = Some(sys::openat2(at, &piece, dir_flags, 0, CONFINED)?);
-                piece.clear();
-            }
-            piece.push(c);
-        }
-        let at = dir.as_ref().map_or(self.root(), |d| d.as_fd());
-        sys::openat2(at, &piece, flags, 0, CONFINED)
+        open_beneath(self.root(), rel, flags)
     }
 
     /// An `O_PATH` fd of the directory `rel` in this layer.

@@ -9,17 +9,17 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::creds::{CAP_FSETID, ProcessCreds};
-use crate::dirfds::DirFds;
+use crate::dirfds::{DirFds, DirKey};
 use crate::dirmerge::Presence;
 use crate::handles::{HandleTable, OpenDir, OpenFile};
 use crate::idmap::Owners;
 use crate::inode::{Ino, Inode, InodeTable, LowerAt, Place, ROOT};
-use crate::layers::{LayerId, Layers};
+use crate::layers::{self, LayerId, Layers};
 use crate::metacopy;
 use crate::numbers::InoNumbers;
 use crate::options::{Atime, Passthrough};
@@ -192,6 +192,14 @@ pub struct LayerFs {
     kernel: KernelSlot,
 }
 
+/// Where a node is found one step up in a layer (see [`LayerFs::parent_fd`]).
+enum Base {
+    /// In this directory fd, under this name.
+    Dir(Arc<OwnedFd>, OsString),
+    /// In this parent node's directory, under this name.
+    InParent(Arc<Inode>, OsString),
+}
+
 /// Tells the kernel about what it may have cached that the daemon changed on its own.
 pub trait KernelCache: Send + Sync {
     /// The attributes of `ino` changed behind the request that the kernel sent.
@@ -308,44 +316,105 @@ impl LayerFs {
         layer: LayerId,
         node: &Inode,
     ) -> io::Result<(Arc<OwnedFd>, OsString)> {
+        match self.base_of(layer, node)? {
+            Base::Dir(fd, name) => Ok((fd, name)),
+            Base::InParent(parent, name) => Ok((self.dir_fd(layer, &parent)?, name)),
+        }
+    }
+
+    /// Where `node` (not the root) is found in `layer` one step up: an fd that needs no
+    /// walk (the index, a redirect's path from the layer root), or its parent node.
+    fn base_of(&self, layer: LayerId, node: &Inode) -> io::Result<Base> {
         if node.ino == ROOT {
-            return Ok((self.dir_fd(layer, node)?, OsString::new()));
+            return Ok(Base::Dir(self.dir_fd(layer, node)?, OsString::new()));
         }
         // An indexed file is its index entry in the upper, whichever its names are.
         if self.layers.is_upper(layer)
             && let Some(index) = self.index()
             && let Some(entry) = node.index_entry()
         {
-            return Ok((index.shared_fd(), entry));
+            return Ok(Base::Dir(index.shared_fd(), entry));
         }
         let (parent, at) = node.located(layer).ok_or_else(|| errno(libc::ENOENT))?;
-        self.lookup_base(layer, &*self.node(parent)?, &at)
+        match at {
+            LowerAt::Name(n) => Ok(Base::InParent(self.node(parent)?, n)),
+            LowerAt::Path(p) => {
+                let (fd, n) = self.layer_path_base(layer, &p)?;
+                Ok(Base::Dir(fd, n))
+            }
+        }
     }
 
     /// An `O_PATH` fd of directory `dir`'s object in `layer` (ENOENT where the layer has
-    /// none): from the cache, else opened by name from its parent's fd (see `dirfds`).
+    /// none): from the cache, else opened by name from its nearest cached ancestor (see
+    /// `dirfds`). The walk up is a loop, so a tree of any depth is reached on a bounded
+    /// stack; see [`Self::open_down`] for what the walk down keeps.
     pub(crate) fn dir_fd(&self, layer: LayerId, dir: &Inode) -> io::Result<Arc<OwnedFd>> {
-        let key = (layer, dir.ino, dir.serial(), dir.generation());
-        if let Some(fd) = self.dirfds.get(&key) {
-            return Ok(fd);
+        // The directories still to open, `dir` first, each with its name in its parent.
+        let mut below: Vec<(DirKey, OsString)> = Vec::new();
+        let mut held: Option<Arc<Inode>> = None;
+        let from = loop {
+            let cur = held.as_deref().unwrap_or(dir);
+            let key = (layer, cur.ino, cur.serial(), cur.generation());
+            if let Some(fd) = self.dirfds.get(&key) {
+                if below.is_empty() {
+                    return Ok(fd);
+                }
+                break fd;
+            }
+            if cur.ino == ROOT {
+                let fd = self.layers.get(layer).open_dir(Path::new(""))?;
+                let fd = self.dirfds.insert(key, fd);
+                if below.is_empty() {
+                    return Ok(fd);
+                }
+                break fd;
+            }
+            match self.base_of(layer, cur)? {
+                Base::Dir(pfd, name) => {
+                    below.push((key, name));
+                    break pfd;
+                }
+                Base::InParent(parent, name) => {
+                    below.push((key, name));
+                    held = Some(parent);
+                }
+            }
+        };
+        self.open_down(layer, from, below)
+    }
+
+    /// Opens the directories of `below` (the deepest first, each with its name in the next)
+    /// down from `from`, the fd of the directory above the last of them, and returns the
+    /// deepest's fd. Only the deepest and those 2, 4, 8, ... levels above it are opened one
+    /// by one and kept in the cache (the rest is passed over within one openat2 of their
+    /// path), so a long walk leaves a short ladder in the cache instead of flushing it,
+    /// and walking up a deep tree one level at a time stays linear.
+    fn open_down(
+        &self,
+        layer: LayerId,
+        mut from: Arc<OwnedFd>,
+        below: Vec<(DirKey, OsString)>,
+    ) -> io::Result<Arc<OwnedFd>> {
+        let mut path = PathBuf::new();
+        for (i, (key, name)) in below.into_iter().enumerate().rev() {
+            path.push(name);
+            if i != 0 && !i.is_power_of_two() {
+                continue;
+            }
+            let fd = layers::open_beneath(from.as_fd(), &path, libc::O_PATH | libc::O_DIRECTORY)?;
+            path.clear();
+            from = self.keep_dir_fd(layer, key, fd)?;
         }
-        if dir.ino == ROOT {
-            let fd = self.layers.get(layer).open_dir(Path::new(""))?;
-            return Ok(self.dirfds.insert(key, fd));
-        }
-        let (pfd, name) = self.parent_fd(layer, dir)?;
-        let fd = sys::openat(
-            pfd.as_fd(),
-            &name,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )?;
-        // The upper changes under concurrent requests: the name may hold another object
-        // than this inode's for a moment (a rename racing with this one). Use it once then,
-        // keep nothing. Lower layers do not change.
+        Ok(from)
+    }
+
+    /// Keeps `fd` as the object of `key` in `layer`, unless the upper shows another object
+    /// there for a moment (a rename racing with this request): then it is used once.
+    fn keep_dir_fd(&self, layer: LayerId, key: DirKey, fd: OwnedFd) -> io::Result<Arc<OwnedFd>> {
         if self.layers.is_upper(layer) {
             let st = sys::fstat(fd.as_fd())?;
-            if self.ino_for(layer, st.st_ino) != dir.ino {
+            if self.ino_for(layer, st.st_ino) != key.1 {
                 return Ok(Arc::new(fd));
             }
         }

@@ -178,7 +178,9 @@ impl WorkDir {
     }
 }
 
-/// Removes `name` inside `dir`, recursing into directories; never follows symlinks.
+/// Removes `name` inside `dir`, a whole tree if it is a directory; never follows symlinks.
+/// The walk is a loop holding one directory open and the entries left at each level, so a
+/// tree of any depth is removed on a bounded stack and with two fds.
 pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     let st = match sys::fstatat(dir, name) {
         Ok(st) => st,
@@ -188,14 +190,82 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
         return sys::unlinkat(dir, name, false);
     }
-    let sub = sys::openat(
-        dir,
-        name,
-        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
-    )?;
-    for e in sys::read_dir(sub.as_fd())? {
-        remove_tree(sub.as_fd(), &e.name)?;
+    let open_dir = |at: BorrowedFd<'_>, name: &OsStr| {
+        sys::openat(
+            at,
+            name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+    };
+    // The directories entered below `name`, each with the entries still to remove in it.
+    let mut levels: Vec<(OsString, Vec<sys::RawDirent>)> = Vec::new();
+    let mut cur = open_dir(dir, name)?;
+    let mut left = sys::read_dir(cur.as_fd())?;
+    loop {
+        if let Some(e) = left.pop() {
+            match sys::unlinkat(cur.as_fd(), &e.name, false) {
+                Ok(()) => {}
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(err) if err.raw_os_error() == Some(libc::EISDIR) => {
+                    let sub = open_dir(cur.as_fd(), &e.name)?;
+                    let entries = sys::read_dir(sub.as_fd())?;
+                    levels.push((e.name, std::mem::replace(&mut left, entries)));
+                    cur = sub;
+                }
+                Err(err) => return Err(err),
+            }
+            continue;
+        }
+        // `cur` is empty: remove it from its parent and go on there.
+        let Some((sub_name, rest)) = levels.pop() else {
+            break;
+        };
+        let up = open_dir(cur.as_fd(), OsStr::new(".."))?;
+        sys::unlinkat(up.as_fd(), &sub_name, true)?;
+        cur = up;
+        left = rest;
     }
     sys::unlinkat(dir, name, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_tree_takes_a_tree_deeper_than_any_stack() {
+        let t = tempfile::tempdir().unwrap();
+        let root = OwnedFd::from(std::fs::File::open(t.path()).unwrap());
+        // 10,000 levels, with a file and a second subdirectory every 1,000 (at the top too).
+        let mut dir = root.try_clone().unwrap();
+        for i in 0..10_000 {
+            sys::mkdirat(dir.as_fd(), OsStr::new("d"), 0o755).unwrap();
+            if i % 1000 == 0 {
+                sys::mkdirat(dir.as_fd(), OsStr::new("e"), 0o755).unwrap();
+                let f = sys::openat(
+                    dir.as_fd(),
+                    OsStr::new("f"),
+                    libc::O_CREAT | libc::O_WRONLY,
+                    0o644,
+                );
+                drop(f.unwrap());
+            }
+            dir = sys::openat(
+                dir.as_fd(),
+                OsStr::new("d"),
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            )
+            .unwrap();
+        }
+        drop(dir);
+        remove_tree(root.as_fd(), OsStr::new("d")).unwrap();
+        let mut left: Vec<_> = sys::read_dir(root.as_fd()).unwrap();
+        left.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(
+            left.iter().map(|e| e.name.clone()).collect::<Vec<_>>(),
+            ["e", "f"]
+        );
+    }
 }
