@@ -3,17 +3,16 @@
 //! the layers with `O_NOATIME`, so these updates are the only ones: as on kernel overlayfs,
 //! a read touches the upper object, never a lower one.
 
-use std::ffi::OsStr;
 use std::io;
 use std::os::fd::BorrowedFd;
 
-use crate::inode::Inode;
+use crate::layers::Layer;
 use crate::options::Atime;
-use crate::sys::{self, SetTime, Stat};
+use crate::sys::{self, Stat};
 
-/// The policy in force for upper objects: the mount's, but no more than the upper
-/// filesystem's own mount allows (kernel overlayfs touches the upper object through the
-/// upper's mount, whose flags apply too).
+/// The policy in force for upper objects where their accesses are recorded through the
+/// upper's own mount (see [`Layer::records_every_access`]): the union mount's, but no
+/// more than that mount's flags allow.
 pub fn effective(mount: Atime, upper_flags: u64) -> Atime {
     let upper = if upper_flags & libc::ST_NOATIME != 0 {
         Atime::Never
@@ -38,38 +37,31 @@ pub fn effective(mount: Atime, upper_flags: u64) -> Atime {
 const RELATIME_MAX_AGE: i64 = 24 * 60 * 60;
 
 /// Whether an access at `now` (seconds, nanoseconds) updates the access time of `st`
-/// under `policy` (the kernel's `relatime_need_update` rule for relatime). `own_ctime` is
-/// the change time the daemon's last atime update left, which does not count as a change.
-pub fn needs_update(
-    policy: Atime,
-    st: &Stat,
-    now: (i64, i64),
-    own_ctime: Option<(i64, i64)>,
-) -> bool {
+/// under `policy` (the kernel's `relatime_need_update` rule for relatime).
+pub fn needs_update(policy: Atime, st: &Stat, now: (i64, i64)) -> bool {
     let atime = (st.st_atime, st.st_atime_nsec);
-    let ctime = (st.st_ctime, st.st_ctime_nsec);
     match policy {
         Atime::Never => false,
         Atime::Strict => atime != now,
         Atime::Relative => {
             (st.st_mtime, st.st_mtime_nsec) >= atime
-                || (ctime >= atime && Some(ctime) != own_ctime)
+                || (st.st_ctime, st.st_ctime_nsec) >= atime
                 || now.0 - atime.0 >= RELATIME_MAX_AGE
         }
     }
 }
 
-/// Records an access of `node`'s upper object behind `fd` under `policy`.
-pub fn accessed(policy: Atime, node: &Inode, fd: BorrowedFd<'_>) -> io::Result<()> {
+/// Records an access of `upper`'s object behind `fd` under `policy`, as kernel overlayfs
+/// does: the upper filesystem updates the access time itself, on a read of the object
+/// (see [`Layer::touch`]), so the change time stays as it was, where a `utimensat` would
+/// move it.
+pub fn accessed(policy: Atime, upper: &Layer, fd: BorrowedFd<'_>) -> io::Result<()> {
     if policy == Atime::Never {
         return Ok(());
     }
     let st = sys::fstat(fd)?;
-    let mut own = node.atime_ctime.lock();
-    if needs_update(policy, &st, sys::now(), *own) {
-        sys::utimensat(fd, OsStr::new(""), SetTime::Now, SetTime::Omit)?;
-        let st = sys::fstat(fd)?;
-        *own = Some((st.st_ctime, st.st_ctime_nsec));
+    if needs_update(policy, &st, sys::now()) {
+        upper.touch(fd, st.st_mode & libc::S_IFMT == libc::S_IFDIR)?;
     }
     Ok(())
 }
@@ -98,55 +90,34 @@ mod tests {
 
     #[test]
     fn relatime_rules() {
-        // A change time the daemon's own atime update left does not count; a later one does.
-        let own = Some((999_000, 0));
-        let read_since = stat(999_000, 990_000, 999_000);
-        assert!(!needs_update(
-            Atime::Relative,
-            &read_since,
-            (1_000_000, 0),
-            own
-        ));
-        let changed_since = stat(999_000, 990_000, 999_500);
-        assert!(needs_update(
-            Atime::Relative,
-            &changed_since,
-            (1_000_000, 0),
-            own
-        ));
         let now = (1_000_000, 0);
         // Read since the last change: no update.
         assert!(!needs_update(
             Atime::Relative,
             &stat(999_000, 990_000, 990_000),
-            now,
-            None
+            now
         ));
         // Changed since the last read, or the last read a day ago: update.
         assert!(needs_update(
             Atime::Relative,
-            &stat(990_000, 995_000, 990_000),
-            now,
-            None
+            &stat(999_000, 990_000, 999_500),
+            now
         ));
         assert!(needs_update(
             Atime::Relative,
-            &stat(990_000, 980_000, 990_000),
-            now,
-            None
+            &stat(990_000, 995_000, 990_000),
+            now
         ));
         assert!(needs_update(
             Atime::Relative,
             &stat(900_000, 800_000, 800_000),
-            now,
-            None
+            now
         ));
         assert!(needs_update(
             Atime::Strict,
             &stat(999_000, 990_000, 990_000),
-            now,
-            None
+            now
         ));
-        assert!(!needs_update(Atime::Never, &stat(0, 5, 5), now, None));
+        assert!(!needs_update(Atime::Never, &stat(0, 5, 5), now));
     }
 }

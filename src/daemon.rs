@@ -110,6 +110,9 @@ fn fusermount_options(spec: &MountSpec, flags: MountFlags) -> Vec<MountOption> {
             Atime::Strict => MountOption::CUSTOM("strictatime".into()),
         },
     ];
+    if flags.nodiratime {
+        o.push(MountOption::CUSTOM("nodiratime".into()));
+    }
     if !flags.exec {
         o.push(MountOption::NoExec);
     }
@@ -141,6 +144,7 @@ fn kernel_mount(
         (!flags.exec, libc::MS_NOEXEC),
         (flags.atime == Atime::Never, libc::MS_NOATIME),
         (flags.atime == Atime::Strict, libc::MS_STRICTATIME),
+        (flags.nodiratime, libc::MS_NODIRATIME),
         (flags.read_only, libc::MS_RDONLY),
     ] {
         if on {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::atime;
 use crate::copyup::CopyData;
 use crate::dirmerge::MergedEntry;
-use crate::handles::{OpenDir, OpenFile};
+use crate::handles::{OpenDir, OpenFile, wants_write};
 use crate::inode::{Ino, Inode};
 use crate::options::{Atime, Passthrough};
 use crate::privs;
@@ -58,10 +58,6 @@ pub struct Opened {
 
 /// Flags the backing fd must not be opened with (handled by the kernel or by copy-up).
 const STRIP_FLAGS: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT;
-
-fn wants_write(flags: i32) -> bool {
-    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
-}
 
 /// The most entries one `readdir` call returns.
 const READDIR_BATCH: usize = 2048;
@@ -126,7 +122,12 @@ impl LayerFs {
         {
             self.clear_privs_for_data(&node, file.as_fd(), &by, false)?;
         }
-        self.new_handle(node, file, on_upper, flags)
+        let opened = self.new_handle(Arc::clone(&node), file, on_upper, flags)?;
+        if opened.passthrough && wants_write(flags) {
+            // The attributes the kernel keeps would hide the times its mapped writes move.
+            self.attributes_changed(node.ino);
+        }
+        Ok(opened)
     }
 
     /// A handle for `file`, the object of `node` (on the upper layer if `on_upper`),
@@ -161,7 +162,10 @@ impl LayerFs {
         let wanted = match self.cfg.passthrough {
             Passthrough::Off => false,
             Passthrough::Writes => on_upper && wants_write(flags),
-            Passthrough::All => true,
+            // Not upper files opened to read: the kernel reads a passed-through file
+            // through a file of its own, without O_NOATIME, so under noatime those reads
+            // would still touch the upper object's access time (its mount's policy).
+            Passthrough::All => !on_upper || wants_write(flags),
         };
         if !wanted || !self.passthrough_on() {
             return Ok(false);
@@ -202,7 +206,7 @@ impl LayerFs {
         let h = self.open_file(fh)?;
         let f = h.file();
         if h.on_upper() && h.wants_atime(self.cfg.atime) {
-            atime::accessed(self.cfg.atime, &h.node, f.as_fd())?;
+            atime::accessed(self.cfg.atime, self.layers.writable()?, f.as_fd())?;
         }
         if buf.len() < size as usize {
             buf.resize(size as usize, 0);
@@ -237,7 +241,7 @@ impl LayerFs {
 
     pub fn release(&self, fh: u64) {
         if let Some(h) = self.files.remove(fh) {
-            h.node.end_io(h.passthrough());
+            h.node.end_io(h.passthrough(), wants_write(h.flags));
         }
     }
 
@@ -453,10 +457,10 @@ impl LayerFs {
             match (&*cached, offset) {
                 (Some((_, e)), o) if o != 0 => Arc::clone(e),
                 _ => {
-                    if self.cfg.atime != Atime::Never && h.node.in_upper() {
+                    if self.cfg.atime != Atime::Never && !self.cfg.nodiratime && h.node.in_upper() {
                         let (dir, name) = self.parent_fd(0, &h.node)?;
                         let fd = self.upper_object(dir.as_fd(), &name, libc::O_PATH)?;
-                        atime::accessed(self.cfg.atime, &h.node, fd.as_fd())?;
+                        atime::accessed(self.cfg.atime, self.layers.writable()?, fd.as_fd())?;
                     }
                     let epoch = h.node.names_epoch();
                     let fresh = Arc::new(self.list_dir(&h.node)?);

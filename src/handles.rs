@@ -14,6 +14,11 @@ use crate::inode::Inode;
 use crate::options::Atime;
 
 /// An open regular file.
+/// Whether an open with `flags` may change the file's data.
+pub fn wants_write(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
 #[derive(Debug)]
 pub struct OpenFile {
     pub node: Arc<Inode>,
@@ -49,7 +54,7 @@ impl OpenFile {
     /// The kernel could not be given this handle's file: its data takes the cached path.
     pub fn demote(&self) {
         if self.passthrough.swap(false, Ordering::AcqRel) {
-            self.node.demote_io();
+            self.node.demote_io(wants_write(self.flags));
         }
     }
 

@@ -188,10 +188,6 @@ pub struct Inode {
     /// For a directory: bumped as each change of its names ends, so a listing taken at
     /// one value is known current while the value holds.
     names_epoch: AtomicU64,
-    /// The change time the daemon's own last access-time update gave the upper object
-    /// (setting atime also sets ctime, which the kernel's atime update does not): relatime
-    /// does not count that change.
-    pub atime_ctime: Mutex<Option<(i64, i64)>>,
     /// How the inode's open handles move data; see [`IoModes`].
     io: Mutex<IoModes>,
     /// Signalled when a handle counted in `io` goes.
@@ -217,6 +213,9 @@ impl Drop for NamesChanging<'_> {
 struct IoModes {
     cached: u32,
     through: u32,
+    /// How many of the passthrough handles may write: writes through their mappings
+    /// change the file's times where the daemon does not see them.
+    writing_through: u32,
     /// The passthrough handles read a lower object: the kernel holds it as the inode's
     /// one backing file, so the data must not change until they close.
     through_lower: bool,
@@ -243,7 +242,6 @@ impl Inode {
             pinned: AtomicBool::new(false),
             names: RwLock::new(()),
             names_epoch: AtomicU64::new(0),
-            atime_ctime: Mutex::new(None),
             io: Mutex::new(IoModes::default()),
             io_ended: Condvar::new(),
         }
@@ -278,6 +276,7 @@ impl Inode {
                 io.through_lower = !on_upper;
             }
             io.through += 1;
+            io.writing_through += u32::from(writing);
             // Writes passed through do not reach the inode's page cache.
             io.pages_stale = true;
             return Ok((true, false));
@@ -306,11 +305,12 @@ impl Inode {
         Ok(())
     }
 
-    /// A handle counted by [`Self::start_io`] went away.
-    pub fn end_io(&self, through: bool) {
+    /// A handle counted by [`Self::start_io`] (`writing` or not) went away.
+    pub fn end_io(&self, through: bool, writing: bool) {
         let mut io = self.io.lock();
         if through {
             io.through = io.through.saturating_sub(1);
+            io.writing_through = io.writing_through.saturating_sub(u32::from(writing));
         } else {
             io.cached = io.cached.saturating_sub(1);
         }
@@ -322,14 +322,22 @@ impl Inode {
 
     /// A handle counted as passing data through falls back to the cached path (its
     /// pages, cached before, may be stale: they are dropped at this open).
-    pub fn demote_io(&self) {
+    pub fn demote_io(&self, writing: bool) {
         let mut io = self.io.lock();
         io.through = io.through.saturating_sub(1);
+        io.writing_through = io.writing_through.saturating_sub(u32::from(writing));
         io.cached += 1;
         if io.through == 0 {
             io.through_lower = false;
         }
         self.io_ended.notify_all();
+    }
+
+    /// Whether a passthrough handle that may write is open: a write through its mapping
+    /// changes the times at the fault, in the upper file, where neither the daemon nor the
+    /// kernel's copy of the attributes sees it.
+    pub fn times_move_unseen(&self) -> bool {
+        self.io.lock().writing_through > 0
     }
 
     /// Held while resolving a name in this directory and recording the result.

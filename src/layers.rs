@@ -3,6 +3,7 @@
 //! confined beneath that root and never follows a symlink.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -62,11 +63,46 @@ pub struct Layer {
     /// A readable fd of the root, opened when first needed: what `open_by_handle_at`
     /// takes to name the filesystem (it refuses `O_PATH` fds).
     readable_root: std::sync::OnceLock<Option<OwnedFd>>,
+    /// For the upper under relatime/strictatime: the root of a private clone of its mount
+    /// without atime flags (see [`sys::clone_mount_all_atimes`]), made when first asked
+    /// for; `None` where this process may not clone mounts.
+    access_root: std::sync::OnceLock<Option<OwnedFd>>,
 }
 
 impl Layer {
     pub fn root(&self) -> BorrowedFd<'_> {
         self.root.as_fd()
+    }
+
+    /// Whether reads of this layer's objects can record accesses whatever the atime flags
+    /// of the layer's own mount (through a private clone of it, as kernel overlayfs
+    /// does); else the mount's flags limit them.
+    pub fn records_every_access(&self) -> bool {
+        self.access_root
+            .get_or_init(|| match sys::clone_mount_all_atimes(self.root()) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    log::info!(
+                        "access times of {} follow its mount's atime flags too \
+                         (cloning the mount: {e})",
+                        self.path.display()
+                    );
+                    None
+                }
+            })
+            .is_some()
+    }
+
+    /// Records an access of this layer's object behind `fd` (a directory if `dir`): the
+    /// object is read a little, through the private clone of the mount where there is one
+    /// (reached by the object's file handle), else through `fd`'s own mount.
+    pub fn touch(&self, fd: BorrowedFd<'_>, dir: bool) -> io::Result<()> {
+        if let Some(Some(root)) = self.access_root.get() {
+            let handle = sys::name_to_handle_at(fd, OsStr::new(""))?;
+            let there = sys::open_by_handle_at(root.as_fd(), &handle)?;
+            return sys::read_to_touch(there.as_fd(), dir);
+        }
+        sys::read_to_touch(fd, dir)
     }
 
     /// The object `handle` names on this layer's filesystem, as an `O_PATH` fd.
@@ -143,6 +179,7 @@ impl Layers {
                 stat_override,
                 uuid,
                 readable_root: std::sync::OnceLock::new(),
+                access_root: std::sync::OnceLock::new(),
             });
         }
         Ok(Layers {

@@ -60,6 +60,8 @@ pub struct MountSpec {
     pub exec: bool,
     /// `noatime`/`relatime`/`strictatime` as given.
     pub atime: Option<Atime>,
+    /// `nodiratime`: listings never update a directory's access time.
+    pub nodiratime: bool,
     pub allow_other: bool,
     pub allow_root: bool,
     pub fsname: Option<String>,
@@ -169,6 +171,7 @@ pub struct MountFlags {
     pub suid: bool,
     pub exec: bool,
     pub atime: Atime,
+    pub nodiratime: bool,
     pub access: Access,
 }
 
@@ -191,7 +194,14 @@ impl MountSpec {
             dev: self.dev.unwrap_or(privileged),
             suid: self.suid.unwrap_or(privileged),
             exec: self.exec,
-            atime: self.atime.unwrap_or(Atime::Never),
+            // `nodiratime` alone asks for access times with the kernel's default policy,
+            // relatime, as mount(8) has it on any filesystem.
+            atime: self.atime.unwrap_or(if self.nodiratime {
+                Atime::Relative
+            } else {
+                Atime::Never
+            }),
+            nodiratime: self.nodiratime,
             access,
         }
     }
@@ -237,6 +247,7 @@ impl MountSpec {
             suid: None,
             exec: true,
             atime: None,
+            nodiratime: false,
             allow_other: false,
             allow_root: false,
             fsname: None,
@@ -351,6 +362,10 @@ impl MountSpec {
             "noatime" => {
                 flag(&value)?;
                 self.atime = Some(Atime::Never);
+            }
+            "nodiratime" | "diratime" => {
+                flag(&value)?;
+                self.nodiratime = key == "nodiratime";
             }
             "allow_other" => {
                 flag(&value)?;
@@ -708,6 +723,7 @@ mod tests {
                 suid: true,
                 exec: true,
                 atime: Atime::Never,
+                nodiratime: false,
                 access: Access::All,
             }
         );

@@ -252,6 +252,8 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
         }
     }
     let atime = match layers.upper() {
+        Some(_) if flags.atime == Atime::Never => Atime::Never,
+        Some(u) if u.records_every_access() => flags.atime,
         Some(u) => atime::effective(flags.atime, sys::mount_flags(u.root()).unwrap_or(0)),
         None => Atime::Never,
     };
@@ -266,6 +268,7 @@ pub fn prepare(spec: &MountSpec) -> Result<Prepared, UsageError> {
             xattrs: spec.xattrs,
             passthrough: passthrough(spec, &flags),
             atime,
+            nodiratime: flags.nodiratime,
             redirect,
             metacopy,
             xino: spec.xino,

@@ -50,6 +50,8 @@ pub struct FsConfig {
     /// When reads update the access time of upper objects (`noatime`, `relatime`,
     /// `strictatime`; the kernel leaves atime of a FUSE mount to the daemon).
     pub atime: Atime,
+    /// `nodiratime`: listings leave a directory's access time alone.
+    pub nodiratime: bool,
     /// Which files may be passed through to the kernel (FUSE passthrough); off for
     /// `passthrough=off`, under relatime/strictatime (whose reads the daemon must see)
     /// and where the kernel would refuse it.
@@ -72,6 +74,7 @@ impl Default for FsConfig {
             owners: Owners::default(),
             xattrs: true,
             atime: Atime::Never,
+            nodiratime: false,
             passthrough: Passthrough::Off,
             redirect: RedirectDir::Off,
             metacopy: false,
@@ -135,6 +138,10 @@ pub struct Attr {
     /// file, whose copy-up links up the name it came through (see [`Inode::place`]: the
     /// last name looked up), so each path walk to it must reach the daemon.
     pub uncached_name: bool,
+    /// The kernel must not keep these attributes: a passthrough handle that may write is
+    /// open, and a write through its mapping moves the times unseen (see
+    /// [`Inode::times_move_unseen`]), so each stat asks the daemon until it closes.
+    pub times_unseen: bool,
 }
 
 /// The result of resolving one name in a directory.
@@ -859,6 +866,7 @@ impl LayerFs {
             generation: node.generation(),
             st,
             uncached_name: false,
+            times_unseen: node.times_move_unseen(),
         }
     }
 

@@ -112,3 +112,123 @@ fn noatime_is_the_default_as_root() {
     let m = f.mount();
     assert!(accesses(&f, &m.path).iter().all(|(_, changed)| !changed));
 }
+
+/// Access, modify and change time of `p`, to the nanosecond.
+fn amc(p: &Path) -> [(i64, i64); 3] {
+    let m = fs::symlink_metadata(p).unwrap();
+    [
+        (m.atime(), m.atime_nsec()),
+        (m.mtime(), m.mtime_nsec()),
+        (m.ctime(), m.ctime_nsec()),
+    ]
+}
+
+/// xfstests generic/003's sequence over one upper, each step's times checked as it checks
+/// them (`want`: Y where a time must move, N where it must not): relatime reads, a
+/// nodiratime remount, creation in a directory, noatime reads and changes, strictatime
+/// reads, and a read-only strictatime mount. `remount(options)` unmounts and mounts the
+/// union again. Returns what moved when it must not, or did not when it must.
+fn generic_003(root: &Path, remount: &mut dyn FnMut(&str)) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut check = |want: &str, before: [(i64, i64); 3], after: [(i64, i64); 3], step: &str| {
+        for (i, what) in ["access", "modify", "change"].into_iter().enumerate() {
+            let moved = before[i] != after[i];
+            match (want.as_bytes()[i], moved) {
+                (b'Y', false) => errors.push(format!("{what} time has not been updated {step}")),
+                (b'N', true) => errors.push(format!("{what} time has changed {step}")),
+                _ => {}
+            }
+        }
+    };
+    let pause = || thread::sleep(Duration::from_millis(50));
+    let read = |p: &Path| drop(fs::read(p).unwrap());
+    let (dir1, dir2) = (root.join("dir1"), root.join("dir2"));
+    let (file1, file2, file3) = (dir1.join("file1"), dir2.join("file2"), dir2.join("file3"));
+    remount("relatime");
+    fs::create_dir(&dir1).unwrap();
+    fs::write(&file1, "aaa\n").unwrap();
+    let s0 = amc(&file1);
+    pause();
+    read(&file1);
+    let s1 = amc(&file1);
+    check("YNN", s0, s1, "after accessing file1 first time");
+    pause();
+    read(&file1);
+    let s2 = amc(&file1);
+    check("NNN", s1, s2, "after accessing file1 second time");
+    remount("nodiratime");
+    check("NNN", s2, amc(&file1), "for file1 after remount");
+    fs::create_dir(&dir2).unwrap();
+    let d0 = amc(&dir2);
+    pause();
+    fs::write(&file2, "bbb\n").unwrap();
+    let d1 = amc(&dir2);
+    check("NYY", d0, d1, "for dir2 after file creation");
+    let f0 = amc(&file2);
+    pause();
+    read(&file2);
+    check("YNN", f0, amc(&file2), "after accessing file2");
+    check("NNN", d1, amc(&dir2), "for dir2 after file access");
+    remount("noatime");
+    fs::write(&file3, "ccc\n").unwrap();
+    let g0 = amc(&file3);
+    pause();
+    read(&file3);
+    let g1 = amc(&file3);
+    check("NNN", g0, g1, "after accessing file3 first time");
+    let m0 = amc(&file1);
+    pause();
+    fs::write(&file1, "xyz\n").unwrap();
+    let m1 = amc(&file1);
+    check("NYY", m0, m1, "after modifying file1");
+    pause();
+    let renamed = dir1.join("file1_renamed");
+    fs::rename(&file1, &renamed).unwrap();
+    check("NNY", m1, amc(&renamed), "after changing file1");
+    remount("strictatime");
+    read(&file3);
+    let g2 = amc(&file3);
+    check("YNN", g1, g2, "after accessing file3 second time");
+    pause();
+    read(&file3);
+    let g3 = amc(&file3);
+    check("YNN", g2, g3, "after accessing file3 third time");
+    pause();
+    let (d3, g4) = (amc(&dir2), amc(&file3));
+    remount("ro,strictatime");
+    fs::read_dir(&dir2).unwrap().for_each(drop);
+    read(&file3);
+    check("NNN", d3, amc(&dir2), "for dir in read-only filesystem");
+    check("NNN", g4, amc(&file3), "for file in read-only filesystem");
+    errors
+}
+
+/// generic/003 over an upper on a relatime filesystem (as most are): kernel overlayfs
+/// reads its upper through a clone of the mount without atime flags, so only its own
+/// options decide; so does layerfs, with its default options and `passthrough=all`.
+#[test]
+fn generic_003_atime_and_ctime_as_on_kernel_overlayfs() {
+    require_fuse!();
+    let run = |kernel: bool, extra: &[&str]| {
+        let (f, _tmpfs) = Fixture::on_tmpfs(1, "64m,relatime");
+        let mut mounted: Option<Mounted<'_>> = None;
+        let mut remount = |options: &str| {
+            drop(mounted.take());
+            mounted = Some(if kernel {
+                f.clear_work();
+                f.kernel_mount_with(options)
+            } else {
+                let mut args = vec!["-o", options];
+                args.extend(extra);
+                f.mount_with(&args)
+            });
+        };
+        let errors = generic_003(&f.mnt, &mut remount);
+        drop(mounted);
+        errors
+    };
+    assert_eq!(run(true, &[]), Vec::<String>::new(), "kernel overlayfs");
+    for extra in [&[][..], &["-o", "passthrough=all"]] {
+        assert_eq!(run(false, extra), Vec::<String>::new(), "layerfs {extra:?}");
+    }
+}

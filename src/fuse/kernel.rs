@@ -149,6 +149,12 @@ pub(super) fn wanted_capabilities(fs: &LayerFs) -> Vec<(InitFlags, &'static str)
         "symlink targets are cached (a symlink never changes in place)",
     ));
     want.push((
+        InitFlags::FUSE_NO_EXPORT_SUPPORT,
+        "file handles are refused (name_to_handle_at fails with EOPNOTSUPP), as on kernel \
+         overlayfs without nfs_export: a handle must not go stale while its file lives, \
+         and the daemon forgets the objects the kernel forgets",
+    ));
+    want.push((
         InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         "the daemon clears setuid/setgid on write, truncate and chown (crate::privs), so \
          the kernel stops asking for security.capability before every write",

@@ -129,7 +129,7 @@ fn caller(req: &Request, umask: u32) -> Caller {
 fn reply_entry(fs: &FuseFs, r: Answer<Attr>, reply: ReplyEntry) {
     match r {
         Ok(a) => reply.entry_with_ttls(
-            &fs.1,
+            &fs.attr_ttl(&a),
             &fs.entry_ttl(&a),
             &file_attr(&a),
             Generation(a.generation),
@@ -147,7 +147,7 @@ fn reply_empty(r: Answer<()>, reply: ReplyEmpty) {
 
 fn reply_attr(fs: &FuseFs, r: Answer<Attr>, reply: ReplyAttr) {
     match r {
-        Ok(a) => reply.attr(&fs.1, &file_attr(&a)),
+        Ok(a) => reply.attr(&fs.attr_ttl(&a), &file_attr(&a)),
         Err(e) => reply.error(e),
     }
 }
@@ -566,7 +566,8 @@ impl Filesystem for Served {
         let by = caller(req, umask);
         match self.0.op_create(parent.0, name, mode, flags, by, register) {
             Ok((a, o)) => {
-                let (ttl, attr, generation) = (self.0.1, file_attr(&a), Generation(a.generation));
+                let ttl = self.0.attr_ttl(&a);
+                let (attr, generation) = (file_attr(&a), Generation(a.generation));
                 let fh = FileHandle(o.fh);
                 match o.backing.as_deref().map(fuser_id) {
                     Some(Some(id)) => {

@@ -68,6 +68,16 @@ impl FuseFs {
         }
     }
 
+    /// How long the kernel may keep the attributes `a`: not at all while their times move
+    /// unseen (see `Attr::times_unseen`).
+    pub(super) fn attr_ttl(&self, a: &Attr) -> Duration {
+        if a.times_unseen {
+            Duration::ZERO
+        } else {
+            self.1
+        }
+    }
+
     /// The attributes of `parent`/`name`, or `None` for a miss, which the kernel caches too
     /// (a negative entry), as the names a miss is about only appear through this mount
     /// (ld.so and $PATH probing).
@@ -287,7 +297,7 @@ impl FuseFs {
                 next,
                 mode: a.st.st_mode,
                 name: &e.name,
-                attr: Some((&a, self.entry_ttl(&a))),
+                attr: Some((&a, self.entry_ttl(&a).min(self.attr_ttl(&a)))),
             };
             if !add(l) {
                 self.0.forget(a.ino, 1);

@@ -201,16 +201,19 @@ fn serve_one(
                 Done::Empty => 0,
                 Done::Entry(a) => {
                     let entry_ttl = a.as_ref().map_or(ttl, |a| fs.entry_ttl(a));
-                    wire::entry_out(out, a.as_ref(), entry_ttl, ttl)
+                    let attr_ttl = a.as_ref().map_or(ttl, |a| fs.attr_ttl(a));
+                    wire::entry_out(out, a.as_ref(), entry_ttl, attr_ttl)
                 }
-                Done::Attr(a) => wire::attr_out(out, &a, ttl),
+                Done::Attr(a) => wire::attr_out(out, &a, fs.attr_ttl(&a)),
                 Done::Bytes(n) => {
                     let n = n.min(out.len());
                     out[..n].copy_from_slice(&scratch[..n]);
                     n
                 }
                 Done::Open(fh, flags, id) => wire::open_out(out, fh, flags, id),
-                Done::Created(a, fh, flags, id) => wire::create_out(out, &a, ttl, fh, flags, id),
+                Done::Created(a, fh, flags, id) => {
+                    wire::create_out(out, &a, fs.attr_ttl(&a), fh, flags, id)
+                }
                 Done::Size(n) => wire::size_out(out, n),
                 Done::Statfs(s) => wire::statfs_out(out, &s),
             };

@@ -531,6 +531,7 @@ mod tests {
             generation: 3,
             st,
             uncached_name: false,
+            times_unseen: false,
         }
     }
 

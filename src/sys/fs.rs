@@ -79,6 +79,34 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     owned(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) })
 }
 
+/// Reads a little of the object behind `fd` (a directory if `dir`) through an fd opened
+/// without `O_NOATIME`, so that its filesystem records the access as its mount's policy
+/// says (the access time alone changes, as with any read).
+pub fn read_to_touch(fd: BorrowedFd<'_>, dir: bool) -> io::Result<()> {
+    let flags = if dir {
+        libc::O_RDONLY | libc::O_DIRECTORY
+    } else {
+        libc::O_RDONLY
+    };
+    let f = reopen(fd, flags)?;
+    let mut buf = [0u8; 512];
+    let n = if dir {
+        // SAFETY: `buf` is writable for its length; `f` is an open directory we own.
+        unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                f.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        }
+    } else {
+        // SAFETY: `buf` is writable for its length; `f` is an open file we own.
+        unsafe { libc::pread(f.as_raw_fd(), buf.as_mut_ptr().cast(), 1, 0) as libc::c_long }
+    };
+    check_size(n as libc::ssize_t).map(drop)
+}
+
 /// [`reopen`] with `O_NOATIME`, so reading through the fd leaves the object's access time
 /// alone; without it where the kernel refuses it (an object this process does not own and
 /// may not act for).
@@ -615,4 +643,51 @@ pub fn fs_uuid(fd: BorrowedFd<'_>) -> io::Result<[u8; 16]> {
     let n = usize::from(u.len).min(16);
     out[..n].copy_from_slice(&u.uuid[..n]);
     Ok(out)
+}
+
+/// A private clone of the mount `root` is on, rooted at `root`, detached from every
+/// namespace, with no atime flags (`noatime`, `relatime`, `nodiratime` cleared), as
+/// kernel overlayfs clones its upper mount: reads through it record every access, and the
+/// overlay's own policy decides when to read. A readable fd of its root.
+pub fn clone_mount_all_atimes(root: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_long = 1;
+    const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+    /// MOUNT_ATTR__ATIME (the atime mode bits) and MOUNT_ATTR_NODIRATIME.
+    const ATIME_BITS: u64 = 0x70 | 0x80;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long | libc::AT_EMPTY_PATH as libc::c_long;
+    // SAFETY: the path is a valid empty C string; the fd is borrowed for the call.
+    let tree = owned(unsafe {
+        libc::syscall(libc::SYS_open_tree, root.as_raw_fd(), c"".as_ptr(), flags) as libc::c_int
+    })?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_STRICTATIME,
+        attr_clr: ATIME_BITS,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `attr` is a complete mount_attr of the size passed; the kernel only reads it.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        ) as libc::c_int
+    })?;
+    openat(
+        tree.as_fd(),
+        OsStr::new("."),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )
 }
