@@ -64,11 +64,13 @@ impl Nlink {
     /// The union's count given the upper and the lower inode's own; `None` where it
     /// comes to nothing positive (the kernel then falls back to the real count).
     pub fn count(self, upper: u64, lower: u64) -> Option<u64> {
-        let n = match self {
-            Nlink::Upper(d) => upper as i64 + d,
-            Nlink::Lower(d) => lower as i64 + d,
+        let (real, d) = match self {
+            Nlink::Upper(d) => (upper, d),
+            Nlink::Lower(d) => (lower, d),
         };
-        (n > 0).then_some(n as u64)
+        // A crafted value may be any i64: the sum is taken without overflow.
+        let n = i128::from(real) + i128::from(d);
+        (n > 0).then(|| u64::try_from(n).unwrap_or(u64::MAX))
     }
 }
 

@@ -35,5 +35,8 @@ pub mod whiteout;
 pub mod workdir;
 pub mod xattrs;
 
+#[cfg(test)]
+mod format_fuzz;
+
 pub use options::{MountSpec, UsageError};
 pub use union::{Caller, FsConfig, LayerFs};

@@ -73,7 +73,7 @@ fn xattr_name(ns: XattrNs) -> &'static OsStr {
 
 /// Whether `value` is a redirect the kernel accepts: a single name, or `/` followed by
 /// non-empty names separated by single slashes.
-fn valid(value: &[u8]) -> bool {
+pub(crate) fn valid(value: &[u8]) -> bool {
     let plain = |n: &[u8]| !n.is_empty() && n != b"." && n != b"..";
     match value.strip_prefix(b"/") {
         Some(path) => path.split(|&b| b == b'/').all(plain),

@@ -216,7 +216,9 @@ fn cached_pages_do_not_outlive_a_passthrough_write() {
 /// daemon). While it is open so, its data is held: an open for writing and a truncate
 /// fail with ETXTBSY, and a metadata change (a copy-up of the same data) and another open
 /// for reading still work. Once the readers close, a write copies it up as usual, and
-/// the lower file is never changed.
+/// the lower file is never changed. The one read of the copy once every handle closed
+/// reaches the daemon, as by default (an upper file opened to read is not passed through:
+/// the kernel would read it without O_NOATIME, touching its atime under noatime).
 #[test]
 fn all_passes_lower_reads_through_and_holds_their_data() {
     require_fuse!();
@@ -262,7 +264,7 @@ fn all_passes_lower_reads_through_and_holds_their_data() {
     drop(m);
     daemon.wait().unwrap();
     let text = fs::read_to_string(&log).unwrap();
-    assert_eq!(text.lines().filter(|l| l.contains("] read ")).count(), 0);
+    assert_eq!(text.lines().filter(|l| l.contains("] read ")).count(), 1);
 }
 
 /// By default a read-only fd of a lower file reads the file's new data after another fd
