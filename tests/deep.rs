@@ -97,9 +97,21 @@ fn populate(f: &Fixture) {
 /// Runs `script` in the mount over a fresh 10,000-level lower, on kernel overlayfs with
 /// `kernel_opts` and on layerfs with `ours`, and asserts that both show the same.
 fn same_as_kernel(kernel_opts: &str, ours: &[&str], script: &str) {
+    same_as_kernel_on(false, kernel_opts, ours, script)
+}
+
+/// [`same_as_kernel`] with the layers on ext4 (the test directory's filesystem) or, if
+/// `tmpfs`, on a tmpfs of their own.
+fn same_as_kernel_on(tmpfs: bool, kernel_opts: &str, ours: &[&str], script: &str) {
     let side = |kernel: bool| {
-        let f = Fixture::new(1);
-        let _emptied = EmptiedOnDrop(&f);
+        let (f, on) = if tmpfs {
+            let (f, t) = Fixture::on_tmpfs(1, "256m");
+            (f, Some(t))
+        } else {
+            (Fixture::new(1), None)
+        };
+        // A tmpfs goes with everything on it at once; ext4 is emptied with rm -rf.
+        let _emptied = on.is_none().then(|| EmptiedOnDrop(&f));
         populate(&f);
         let mount = || {
             if kernel {
@@ -142,6 +154,12 @@ fn find_lists_every_level() {
 fn rm_rf_removes_the_whole_tree() {
     require_fuse!();
     same_as_kernel("", &[], "rm -rf d; echo $?; ls -A");
+}
+
+#[test]
+fn rm_rf_removes_the_whole_tree_on_tmpfs() {
+    require_fuse!();
+    same_as_kernel_on(true, "", &[], "find . | wc -l; rm -rf d; echo $?; ls -A");
 }
 
 #[test]
