@@ -577,11 +577,14 @@ impl LayerFs {
             }
             let (dir, leaf) = match self.lookup_base(lid, parent, &at) {
                 Ok(d) => d,
-                Err(e) if is_enoent(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+                // A name too long for the layer (a crafted redirect, say) is not there, as
+                // the kernel's lookup has it.
+                Err(e) if is_enoent(&e) || e.raw_os_error() == Some(libc::ENAMETOOLONG) => continue,
                 Err(e) => return Err(e),
             };
             let st = match sys::fstatat(dir.as_fd(), &leaf) {
                 Ok(st) => st,
+                Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => continue,
                 Err(e) if is_enoent(&e) => {
                     if whiteout::has_aufs_whiteout(dir.as_fd(), &leaf)? {
                         if found.is_none() && self.layers.is_upper(lid) {

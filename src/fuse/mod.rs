@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, Filesystem, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::debug;
 
@@ -32,7 +32,7 @@ use attrs::{decode_dev, dot_entry, file_attr, file_type, negative_entry, set_tim
 use backing::Backing;
 pub use backing::Backings;
 pub use kernel::{Notifications, widen_readahead};
-use ops::{Answer, Xattr};
+use ops::{Answer, Plus, Xattr};
 pub use ring::serve_uring;
 
 /// A `LayerFs` served over FUSE, with how long the kernel may cache entries and
@@ -455,7 +455,7 @@ impl Filesystem for Served {
     ) {
         let r = self.0.op_readdir(ino.0, fh.0, offset, true, |l| {
             let full = match l.attr {
-                None => reply.add(
+                Plus::Dot => reply.add(
                     INodeNo(l.ino),
                     l.next,
                     l.name,
@@ -463,7 +463,20 @@ impl Filesystem for Served {
                     &dot_entry(l.ino),
                     Generation(0),
                 ),
-                Some((a, ttl)) => reply.add(
+                // fuser writes the attributes' number as the node id and the entry's: 0
+                // here (a listing shows it as the entry's inode number).
+                Plus::Failed => reply.add(
+                    INodeNo(0),
+                    l.next,
+                    l.name,
+                    &Duration::ZERO,
+                    &FileAttr {
+                        kind: file_type(l.mode),
+                        ..negative_entry()
+                    },
+                    Generation(0),
+                ),
+                Plus::Node(a, ttl) => reply.add(
                     INodeNo(a.ino),
                     l.next,
                     l.name,

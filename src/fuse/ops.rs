@@ -39,14 +39,25 @@ pub(super) enum Xattr {
     Data(Vec<u8>),
 }
 
-/// One entry of a listing as the reply carries it; `attr` (readdirplus) is `None` for `.`
-/// and `..`, whose attributes the kernel ignores.
+/// One entry of a listing as the reply carries it.
 pub(super) struct Listed<'a> {
     pub ino: u64,
     pub next: u64,
     pub mode: u32,
     pub name: &'a OsStr,
-    pub attr: Option<(&'a Attr, Duration)>,
+    pub attr: Plus<'a>,
+}
+
+/// What a readdirplus entry carries besides its name.
+pub(super) enum Plus<'a> {
+    /// Nothing the kernel reads: `.` and `..` (and every entry of a plain readdir).
+    Dot,
+    /// The entry's attributes, and how long the kernel may keep them.
+    Node(&'a Attr, Duration),
+    /// No node (node id 0): its lookup failed, so the kernel links nothing and looks the
+    /// name up when it is used, meeting the error then, as on kernel overlayfs, whose
+    /// listings show every name whatever a lookup of it says.
+    Failed,
 }
 
 fn xattr(op: &str, r: io::Result<Vec<u8>>, size: u32) -> Answer<Xattr> {
@@ -276,7 +287,7 @@ impl FuseFs {
                     next,
                     mode: e.kind,
                     name: &e.name,
-                    attr: None,
+                    attr: Plus::Dot,
                 };
                 if !add(l) {
                     break;
@@ -289,7 +300,17 @@ impl FuseFs {
                 Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
                 Err(err) => {
                     debug!("readdirplus {ino} {:?}: {err}", e.name);
-                    break;
+                    let l = Listed {
+                        ino: e.ino,
+                        next,
+                        mode: e.kind,
+                        name: &e.name,
+                        attr: Plus::Failed,
+                    };
+                    if !add(l) {
+                        break;
+                    }
+                    continue;
                 }
             };
             let l = Listed {
@@ -297,7 +318,7 @@ impl FuseFs {
                 next,
                 mode: a.st.st_mode,
                 name: &e.name,
-                attr: Some((&a, self.entry_ttl(&a).min(self.attr_ttl(&a)))),
+                attr: Plus::Node(&a, self.entry_ttl(&a).min(self.attr_ttl(&a))),
             };
             if !add(l) {
                 self.0.forget(a.ino, 1);

@@ -18,6 +18,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::time::Duration;
 
 use fuser::{BackingId, Errno, FopenFlags};
 use log::debug;
@@ -31,8 +32,8 @@ use crate::union::{Attr, Caller};
 use super::FuseFs;
 use super::attrs::decode_dev;
 use super::backing::Backing;
-use super::ops::{Answer, Opening, Xattr};
-use super::wire::{self, DirOut, IN_HEADER_LEN, InHeader, Op, SetattrIn};
+use super::ops::{Answer, Opening, Plus, Xattr};
+use super::wire::{self, DirOut, IN_HEADER_LEN, InHeader, Listing, Op, SetattrIn};
 
 /// The payload buffer of each entry: the kernel's largest request or reply (the
 /// negotiated max_write and max_pages, see `kernel::negotiate`).
@@ -378,8 +379,9 @@ fn dispatch(
             let mut out = DirOut::new(scratch);
             fs.op_readdir(ino, fh, offset, plus, |l| {
                 let with = match l.attr {
-                    Some((a, ttl)) => (Some(a), ttl, ttl),
-                    None => (None, fs.1, fs.1),
+                    Plus::Node(a, ttl) => (Listing::Node(a), ttl, ttl),
+                    Plus::Dot => (Listing::Dot, fs.1, fs.1),
+                    Plus::Failed => (Listing::NoNode, Duration::ZERO, Duration::ZERO),
                 };
                 let with = plus.then_some(with);
                 out.add(l.ino, l.next, l.mode, l.name, with)

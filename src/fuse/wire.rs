@@ -370,6 +370,13 @@ fn attr(o: &mut Out<'_>, ino: u64, a: Option<&Attr>) -> Option<()> {
     o.u32(0)
 }
 
+/// What a readdirplus entry of a [`DirOut`] carries (see `ops::Plus`).
+pub(super) enum Listing<'a> {
+    Dot,
+    Node(&'a Attr),
+    NoNode,
+}
+
 /// `struct fuse_entry_out` (128 bytes): `a` under node `a.ino`, or node 0 (a negative
 /// entry) for `None`.
 fn entry(o: &mut Out<'_>, a: Option<&Attr>, entry_ttl: Duration, attr_ttl: Duration) -> Option<()> {
@@ -473,7 +480,7 @@ impl<'b> DirOut<'b> {
         next: u64,
         mode: u32,
         name: &OsStr,
-        plus: Option<(Option<&Attr>, Duration, Duration)>,
+        plus: Option<(Listing<'_>, Duration, Duration)>,
     ) -> bool {
         let n = name.as_bytes();
         let dirent = (24 + n.len()).next_multiple_of(8);
@@ -485,9 +492,11 @@ impl<'b> DirOut<'b> {
         let r = (|| {
             if let Some((a, entry_ttl, attr_ttl)) = plus {
                 match a {
-                    Some(a) => entry(&mut self.out, Some(a), entry_ttl, attr_ttl)?,
+                    Listing::Node(a) => entry(&mut self.out, Some(a), entry_ttl, attr_ttl)?,
+                    // Node id 0: the kernel links nothing (it looks the name up when used).
+                    Listing::NoNode => entry(&mut self.out, None, entry_ttl, attr_ttl)?,
                     // `.` and `..`: the kernel ignores their attributes.
-                    None => {
+                    Listing::Dot => {
                         self.out.u64(ino)?;
                         self.out.put(&[0u8; 32])?;
                         self.out.u64(ino)?;
@@ -652,7 +661,7 @@ mod tests {
             1,
             a.st.st_mode,
             OsStr::new("f"),
-            Some((Some(&a), ttl, ttl))
+            Some((Listing::Node(&a), ttl, ttl))
         ));
         assert_eq!(d.len(), 128 + 32);
         assert!(d.add(
@@ -660,7 +669,7 @@ mod tests {
             2,
             libc::S_IFDIR,
             OsStr::new(".."),
-            Some((None, ttl, ttl))
+            Some((Listing::Dot, ttl, ttl))
         ));
         assert_eq!(d.len(), 2 * (128 + 32));
         assert_eq!(u64at(&plus, 0), Some(42));
