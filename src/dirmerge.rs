@@ -256,11 +256,9 @@ impl LayerFs {
         }
         let dir = self.dir_fd(e.layer, parent)?;
         let st = self.stat_at(e.layer, dir.as_fd(), &e.name)?;
-        // Another name of a lower hard link may have been copied up, and an upper file may
-        // be a metacopy stub: in full.
-        let maybe_stub = self.layers.is_upper(e.layer) || self.stubs_followed();
-        let stub = maybe_stub
-            && st.st_mode & libc::S_IFMT == libc::S_IFREG
+        // Another name of a lower hard link may have been copied up, and a file may be a
+        // metacopy stub (followed, or refused where stubs are not): in full.
+        let stub = st.st_mode & libc::S_IFMT == libc::S_IFREG
             && metacopy::is_stub(dir.as_fd(), &e.name, self.cfg.xattr_ns)?;
         // So may an upper name of an indexed file (its index entry is looked for).
         let indexed = self.index().is_some() && st.st_nlink > 1;

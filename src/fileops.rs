@@ -12,7 +12,7 @@ use crate::atime;
 use crate::copyup::CopyData;
 use crate::dirmerge::MergedEntry;
 use crate::handles::{OpenDir, OpenFile, wants_write};
-use crate::inode::{Ino, Inode};
+use crate::inode::{Ino, Inode, Place};
 use crate::options::{Atime, Passthrough};
 use crate::privs;
 use crate::sys::{self, SetTime, XattrTarget};
@@ -512,6 +512,28 @@ impl LayerFs {
             Some((epoch, listing)) => self.lookup_listed(&h.node, epoch, &listing.layers, e),
             None => self.lookup(h.node.ino, &e.name),
         }
+    }
+
+    /// For a listed entry of handle `fh` whose lookup failed: a node for its topmost
+    /// object alone, with attributes and a name the kernel may not keep, so a listing can
+    /// carry the entry and its next use looks the name up again and meets the error (as a
+    /// listing on kernel overlayfs shows every name). `None` where the number is known
+    /// already (another name of the same object) or the object cannot be reached.
+    pub fn unresolved_entry(&self, fh: u64, e: &MergedEntry) -> Option<Attr> {
+        let h = self.dirs.get(fh).ok()?;
+        if self.node(e.ino).is_ok() {
+            return None;
+        }
+        let dir = self.dir_fd(e.layer, &h.node).ok()?;
+        let st = sys::fstatat(dir.as_fd(), &e.name).ok()?;
+        let upper = self.layers.is_upper(e.layer);
+        let place = Place::found(h.node.ino, &e.name, e.layer, upper);
+        let node = self.remember(e.ino, st.st_mode & libc::S_IFMT, place);
+        Some(Attr {
+            uncached_name: true,
+            times_unseen: true,
+            ..self.shown(&node, st)
+        })
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -428,12 +428,6 @@ impl LayerFs {
         Ok(self.dirfds.insert(key, fd))
     }
 
-    /// Whether lower metacopy stubs are followed: under metacopy=on, and to data-only
-    /// layers.
-    pub(crate) fn stubs_followed(&self) -> bool {
-        self.cfg.metacopy || !self.layers.data_only().is_empty()
-    }
-
     /// Whether a stub found in the upper (`upper`) or in a lower may be followed: an upper
     /// one only under metacopy=on, as on the kernel (data-only layers alone allow only the
     /// lower ones that point into them).
@@ -639,10 +633,9 @@ impl LayerFs {
                 }
             };
             if !is_dir(&st) {
-                // A lower stub is looked for only where stubs can be followed (metacopy=on,
-                // or data-only layers): an image without either has none.
-                if (upper || self.stubs_followed())
-                    && st.st_mode & libc::S_IFMT == libc::S_IFREG
+                // Every regular file is checked, as the kernel checks: a stub where stubs
+                // cannot be followed (a crafted layer) is refused, EPERM.
+                if st.st_mode & libc::S_IFMT == libc::S_IFREG
                     && metacopy::is_stub(dir.as_fd(), &leaf, self.cfg.xattr_ns)?
                 {
                     if !self.stub_allowed(upper) {

@@ -75,8 +75,11 @@ fn new_file(p: &Path) -> bool {
         .is_ok()
 }
 
-/// Fills `root` with a random tree: its paths (relative) are returned.
-fn grow(r: &mut Rng, root: &Path, names: &[String]) -> Vec<PathBuf> {
+/// Fills `root` with a random tree: its paths (relative) are returned. Symlinks lead out of
+/// the layer only into `canary` (absolute or relative), never to a file of the machine:
+/// nothing here may follow one, and the canary tells if anything did.
+fn grow(r: &mut Rng, root: &Path, names: &[String], canary: &Path) -> Vec<PathBuf> {
+    let outside = canary.join("secret");
     let mut made = vec![PathBuf::new()];
     let mut dirs = vec![PathBuf::new()];
     for _ in 0..r.pick(40) + 5 {
@@ -94,11 +97,14 @@ fn grow(r: &mut Rng, root: &Path, names: &[String]) -> Vec<PathBuf> {
                     true
                 }
             }
-            2 => symlink(
-                ["../../../../canary/secret", "/etc/passwd", "..", "x/y", "d"][r.pick(5) as usize],
-                &p,
-            )
-            .is_ok(),
+            2 => {
+                let relative = ["../canary/secret", "../../canary/secret", "..", "x/y", "d"];
+                let to = match r.pick(6) {
+                    5 => outside.clone(),
+                    i => PathBuf::from(relative[i as usize]),
+                };
+                symlink(to, &p).is_ok()
+            }
             3 => Command::new("mknod")
                 .arg(&p)
                 .args(["c", "0", "0"])
@@ -312,7 +318,7 @@ fn one(seed: u64) -> bool {
         layers.push(f.upper.clone());
     }
     for l in &layers {
-        let made = grow(&mut r, l, &names);
+        let made = grow(&mut r, l, &names, &canary);
         mark(&mut r, l, &made, &names);
     }
     let before = outside_snapshot(&canary);
@@ -499,4 +505,45 @@ fn loops_huge_stubs_long_redirects_and_wide_directories_as_on_the_kernel() {
     assert!(rss < RSS_LIMIT_KIB, "the daemon holds {rss} KiB");
     let said = fs::read_to_string(&log).unwrap();
     assert!(!said.contains("panicked"), "{said}");
+}
+
+/// A metacopy stub in a lower layer without metacopy=on is refused at its lookup (EPERM)
+/// and still listed, as on the kernel, instead of served as the sparse file it is.
+#[test]
+fn a_lower_stub_without_metacopy_is_refused_as_on_the_kernel() {
+    require_fuse!();
+    let populate = |f: &Fixture| {
+        fs::write(f.lower(1).join("stub"), "0123456789").unwrap();
+        fs::File::create(f.lower(0).join("stub"))
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        xattr::set(f.lower(0).join("stub"), "trusted.overlay.metacopy", b"").unwrap();
+        fs::write(f.lower(0).join("plain"), "plain\n").unwrap();
+    };
+    let run = |m: &Path| {
+        let mut names: Vec<String> = fs::read_dir(m)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let stub = fs::metadata(m.join("stub")).map(|m| m.len());
+        let plain = fs::read_to_string(m.join("plain")).ok();
+        vec![
+            format!("{names:?}"),
+            format!("{:?}", stub.map_err(|e| e.raw_os_error())),
+            format!("{plain:?}"),
+        ]
+    };
+    let kernel = Fixture::new(2);
+    populate(&kernel);
+    let theirs = run(&kernel.kernel_mount().path);
+    let f = Fixture::new(2);
+    populate(&f);
+    let ours = run(&f.mount().path);
+    assert_eq!(ours, theirs);
+    assert_eq!(
+        theirs,
+        [r#"["plain", "stub"]"#, "Err(Some(1))", r#"Some("plain\n")"#]
+    );
 }

@@ -300,14 +300,21 @@ impl FuseFs {
                 Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
                 Err(err) => {
                     debug!("readdirplus {ino} {:?}: {err}", e.name);
+                    let unresolved = self.0.unresolved_entry(fh, &e);
                     let l = Listed {
                         ino: e.ino,
                         next,
                         mode: e.kind,
                         name: &e.name,
-                        attr: Plus::Failed,
+                        attr: match &unresolved {
+                            Some(a) => Plus::Node(a, Duration::ZERO),
+                            None => Plus::Failed,
+                        },
                     };
                     if !add(l) {
+                        if let Some(a) = unresolved {
+                            self.0.forget(a.ino, 1);
+                        }
                         break;
                     }
                     continue;
