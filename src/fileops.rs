@@ -517,15 +517,23 @@ impl LayerFs {
     /// For a listed entry of handle `fh` whose lookup failed: a node for its topmost
     /// object alone, with attributes and a name the kernel may not keep, so a listing can
     /// carry the entry and its next use looks the name up again and meets the error (as a
-    /// listing on kernel overlayfs shows every name). `None` where the number is known
-    /// already (another name of the same object) or the object cannot be reached.
+    /// listing on kernel overlayfs shows every name). An object that cannot even be
+    /// stat'ed shows its type alone. `None` where the number is known already (another
+    /// name of the same object).
     pub fn unresolved_entry(&self, fh: u64, e: &MergedEntry) -> Option<Attr> {
         let h = self.dirs.get(fh).ok()?;
         if self.node(e.ino).is_ok() {
             return None;
         }
         let dir = self.dir_fd(e.layer, &h.node).ok()?;
-        let st = sys::fstatat(dir.as_fd(), &e.name).ok()?;
+        let st = match sys::fstatat(dir.as_fd(), &e.name) {
+            Ok(st) => st,
+            Err(_) => {
+                let mut st = sys::fstat(dir.as_fd()).ok()?;
+                (st.st_mode, st.st_nlink, st.st_size, st.st_blocks) = (e.kind, 1, 0, 0);
+                st
+            }
+        };
         let upper = self.layers.is_upper(e.layer);
         let place = Place::found(h.node.ino, &e.name, e.layer, upper);
         let node = self.remember(e.ino, st.st_mode & libc::S_IFMT, place);
