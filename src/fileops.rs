@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::atime;
 use crate::copyup::CopyData;
 use crate::dirmerge::MergedEntry;
-use crate::handles::{OpenDir, OpenFile, wants_write};
+use crate::handles::{OpenDir, OpenFile, moves_times_unseen, wants_write};
 use crate::inode::{Ino, Inode, Place};
 use crate::options::{Atime, Passthrough};
 use crate::privs;
@@ -140,7 +140,12 @@ impl LayerFs {
         flags: i32,
     ) -> io::Result<Opened> {
         let wanted = self.passthrough_wanted(&file, on_upper, flags)?;
-        let (through, keep_cache) = node.start_io(wanted, on_upper, wants_write(flags))?;
+        let (through, keep_cache) = node.start_io(
+            wanted,
+            on_upper,
+            wants_write(flags),
+            moves_times_unseen(flags),
+        )?;
         let fh = self
             .files
             .insert(OpenFile::new(node, file, on_upper, flags, through));
@@ -241,7 +246,7 @@ impl LayerFs {
 
     pub fn release(&self, fh: u64) {
         if let Some(h) = self.files.remove(fh) {
-            h.node.end_io(h.passthrough(), wants_write(h.flags));
+            h.node.end_io(h.passthrough(), moves_times_unseen(h.flags));
         }
     }
 

@@ -19,6 +19,15 @@ pub fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
 
+/// Whether a passthrough handle opened with `flags` makes its file's times move unseen
+/// (see `Inode::times_move_unseen`): one that may write, of a file that existed (only a
+/// create carries O_CREAT). The handle a create opens is left out, so the attributes of a
+/// file made and closed stay cached (touch, tar): a write through a mapping of that very
+/// handle is seen at the next lookup that misses, not at once.
+pub fn moves_times_unseen(flags: i32) -> bool {
+    wants_write(flags) && flags & libc::O_CREAT == 0
+}
+
 #[derive(Debug)]
 pub struct OpenFile {
     pub node: Arc<Inode>,
@@ -54,7 +63,7 @@ impl OpenFile {
     /// The kernel could not be given this handle's file: its data takes the cached path.
     pub fn demote(&self) {
         if self.passthrough.swap(false, Ordering::AcqRel) {
-            self.node.demote_io(wants_write(self.flags));
+            self.node.demote_io(moves_times_unseen(self.flags));
         }
     }
 

@@ -256,11 +256,13 @@ impl Inode {
     /// kernel refuses an inode opened both ways at once, ETXTBSY), else `wanted`.
     /// `on_upper` says where the handle's file is, `writing` whether it may change data:
     /// a handle that writes cannot join passthrough handles reading a lower (ETXTBSY).
+    /// `unseen`: passed through, it would move the times unseen (`times_move_unseen`).
     pub fn start_io(
         &self,
         wanted: bool,
         on_upper: bool,
         writing: bool,
+        unseen: bool,
     ) -> io::Result<(bool, bool)> {
         let mut io = self.io.lock();
         if writing {
@@ -276,7 +278,7 @@ impl Inode {
                 io.through_lower = !on_upper;
             }
             io.through += 1;
-            io.writing_through += u32::from(writing);
+            io.writing_through += u32::from(unseen);
             // Writes passed through do not reach the inode's page cache.
             io.pages_stale = true;
             return Ok((true, false));
@@ -305,12 +307,12 @@ impl Inode {
         Ok(())
     }
 
-    /// A handle counted by [`Self::start_io`] (`writing` or not) went away.
-    pub fn end_io(&self, through: bool, writing: bool) {
+    /// A handle counted by [`Self::start_io`] (`unseen` or not) went away.
+    pub fn end_io(&self, through: bool, unseen: bool) {
         let mut io = self.io.lock();
         if through {
             io.through = io.through.saturating_sub(1);
-            io.writing_through = io.writing_through.saturating_sub(u32::from(writing));
+            io.writing_through = io.writing_through.saturating_sub(u32::from(unseen));
         } else {
             io.cached = io.cached.saturating_sub(1);
         }
@@ -322,10 +324,10 @@ impl Inode {
 
     /// A handle counted as passing data through falls back to the cached path (its
     /// pages, cached before, may be stale: they are dropped at this open).
-    pub fn demote_io(&self, writing: bool) {
+    pub fn demote_io(&self, unseen: bool) {
         let mut io = self.io.lock();
         io.through = io.through.saturating_sub(1);
-        io.writing_through = io.writing_through.saturating_sub(u32::from(writing));
+        io.writing_through = io.writing_through.saturating_sub(u32::from(unseen));
         io.cached += 1;
         if io.through == 0 {
             io.through_lower = false;
