@@ -22,8 +22,8 @@ pub fn wants_write(flags: i32) -> bool {
 /// Whether a passthrough handle opened with `flags` makes its file's times move unseen
 /// (see `Inode::times_move_unseen`): one that may write, of a file that existed (only a
 /// create carries O_CREAT). The handle a create opens is left out, so the attributes of a
-/// file made and closed stay cached (touch, tar): a write through a mapping of that very
-/// handle is seen at the next lookup that misses, not at once.
+/// file made and closed stay cached (touch, tar): the times a write through a mapping of
+/// that very handle moves are not seen while the kernel keeps the attributes it has.
 pub fn moves_times_unseen(flags: i32) -> bool {
     wants_write(flags) && flags & libc::O_CREAT == 0
 }
