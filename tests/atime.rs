@@ -142,19 +142,21 @@ fn generic_003(root: &Path, remount: &mut dyn FnMut(&str)) -> Vec<String> {
     };
     let pause = || thread::sleep(Duration::from_millis(50));
     let read = |p: &Path| drop(fs::read(p).unwrap());
+    // The times of `p` before and after a read of it, a moment apart.
+    let read_step = |p: &Path| {
+        let before = amc(p);
+        pause();
+        read(p);
+        (before, amc(p))
+    };
     let (dir1, dir2) = (root.join("dir1"), root.join("dir2"));
     let (file1, file2, file3) = (dir1.join("file1"), dir2.join("file2"), dir2.join("file3"));
     remount("relatime");
     fs::create_dir(&dir1).unwrap();
     fs::write(&file1, "aaa\n").unwrap();
-    let s0 = amc(&file1);
-    pause();
-    read(&file1);
-    let s1 = amc(&file1);
+    let (s0, s1) = read_step(&file1);
     check("YNN", s0, s1, "after accessing file1 first time");
-    pause();
-    read(&file1);
-    let s2 = amc(&file1);
+    let (s1, s2) = read_step(&file1);
     check("NNN", s1, s2, "after accessing file1 second time");
     remount("nodiratime");
     check("NNN", s2, amc(&file1), "for file1 after remount");
@@ -164,17 +166,12 @@ fn generic_003(root: &Path, remount: &mut dyn FnMut(&str)) -> Vec<String> {
     fs::write(&file2, "bbb\n").unwrap();
     let d1 = amc(&dir2);
     check("NYY", d0, d1, "for dir2 after file creation");
-    let f0 = amc(&file2);
-    pause();
-    read(&file2);
-    check("YNN", f0, amc(&file2), "after accessing file2");
+    let (f0, f1) = read_step(&file2);
+    check("YNN", f0, f1, "after accessing file2");
     check("NNN", d1, amc(&dir2), "for dir2 after file access");
     remount("noatime");
     fs::write(&file3, "ccc\n").unwrap();
-    let g0 = amc(&file3);
-    pause();
-    read(&file3);
-    let g1 = amc(&file3);
+    let (g0, g1) = read_step(&file3);
     check("NNN", g0, g1, "after accessing file3 first time");
     let m0 = amc(&file1);
     pause();
@@ -189,9 +186,7 @@ fn generic_003(root: &Path, remount: &mut dyn FnMut(&str)) -> Vec<String> {
     read(&file3);
     let g2 = amc(&file3);
     check("YNN", g1, g2, "after accessing file3 second time");
-    pause();
-    read(&file3);
-    let g3 = amc(&file3);
+    let (g2, g3) = read_step(&file3);
     check("YNN", g2, g3, "after accessing file3 third time");
     pause();
     let (d3, g4) = (amc(&dir2), amc(&file3));

@@ -452,12 +452,7 @@ fn loops_huge_stubs_long_redirects_and_wide_directories_as_on_the_kernel() {
     };
     let run = |m: &Path| {
         let mut seen = Vec::new();
-        let mut names: Vec<String> = fs::read_dir(m)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        for n in names {
+        for n in names(m) {
             let what = match fs::symlink_metadata(m.join(&n)) {
                 Ok(meta) => format!("{n}: {:?} {}", meta.file_type(), meta.len()),
                 Err(e) => format!("{n}: {:?}", e.raw_os_error()),
@@ -522,15 +517,11 @@ fn a_lower_stub_without_metacopy_is_refused_as_on_the_kernel() {
         fs::write(f.lower(0).join("plain"), "plain\n").unwrap();
     };
     let run = |m: &Path| {
-        let mut names: Vec<String> = fs::read_dir(m)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
+        let listed = names(m);
         let stub = fs::metadata(m.join("stub")).map(|m| m.len());
         let plain = fs::read_to_string(m.join("plain")).ok();
         vec![
-            format!("{names:?}"),
+            format!("{listed:?}"),
             format!("{:?}", stub.map_err(|e| e.raw_os_error())),
             format!("{plain:?}"),
         ]
